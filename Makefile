@@ -1,0 +1,49 @@
+# Parley: `make run` and `make test` each set up what they need on a fresh Debian machine, then run.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.yaml
+LOCALRT_PORT ?= 8765
+# Debian packages: libopus for voice, espeak-ng/sox for TTS and test speech, apertium pairs for offline MT.
+APT_PACKAGES := libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat
+
+.PHONY: run test lint bench system-deps deps clean
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "warning: missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing)"; fi; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[local,test,dev]'
+	touch $@
+
+deps: system-deps $(VENV)/.stamp
+
+test: deps
+	$(BIN)/ruff check bot cogs tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: deps
+	$(BIN)/ruff check bot cogs tests benchmarks
+
+bench: deps
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# With no OPENAI_API_KEY, Parley runs on its own offline server (bot.localrt) on 127.0.0.1.
+run: deps
+	@if [ -z "$$OPENAI_API_KEY" ]; then \
+	  echo "OPENAI_API_KEY is not set: starting bot.localrt on 127.0.0.1:$(LOCALRT_PORT)"; \
+	  $(BIN)/python -m bot localrt --config $(CONFIG) --port $(LOCALRT_PORT) & trap "kill $$!" EXIT; \
+	  PARLEY_BACKEND=local $(BIN)/python -m bot run --config $(CONFIG); \
+	else $(BIN)/python -m bot run --config $(CONFIG); fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Realtime translation sessions: wire models of both OpenAI protocols and the websocket client."""

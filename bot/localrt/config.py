@@ -80,7 +80,7 @@ class LocalRTConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     api_key_env: str | None = Field(
-        "PARLEY_LOCALRT_API_KEY",
+        "LOCALRT_API_KEY",
         description="env var holding the bearer token clients must send; unset or empty = no auth",
     )
     default_output_language: str = "es"

@@ -33,9 +33,7 @@ class Engines:
         return make_vad(self.config.vad)
 
     def routes(self) -> list[languages.Route]:
-        return languages.routes(
-            sorted(self.asr.languages), self.mt.pairs(), self.tts.voices(), self.config.mt.pivot
-        )
+        return languages.routes(sorted(self.asr.languages), self.mt.pairs(), self.tts.voices(), self.config.mt.pivot)
 
     def output_languages(self) -> set[str]:
         """Targets at least one recognised input language can reach, with a voice to speak them."""

@@ -44,9 +44,7 @@ class ApertiumTranslator:
         cmd = [self._exe, "-u"]
         if Path(self._modes_dir).resolve() != Path("/usr/share/apertium/modes"):
             cmd += ["-d", str(Path(self._modes_dir).parent)]
-        out = subprocess.run(
-            [*cmd, mode], input=text, capture_output=True, text=True, timeout=30, check=False
-        )
+        out = subprocess.run([*cmd, mode], input=text, capture_output=True, text=True, timeout=30, check=False)
         if out.returncode != 0:
             raise EngineError(f"apertium {mode} failed: {out.stderr.strip()[:200]}")
         return " ".join(out.stdout.split())

@@ -61,8 +61,7 @@ class WebRTCVAD:
             self._rest = buf
             return 0.0
         voiced = sum(
-            self._vad.is_speech(buf[i * self._FRAME : (i + 1) * self._FRAME].tobytes(), VAD_RATE)
-            for i in range(n)
+            self._vad.is_speech(buf[i * self._FRAME : (i + 1) * self._FRAME].tobytes(), VAD_RATE) for i in range(n)
         )
         self._rest = buf[n * self._FRAME :]
         return voiced / n

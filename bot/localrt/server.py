@@ -1,0 +1,310 @@
+"""The websocket server: OpenAI's `/v1/realtime/translations` wire protocol over offline engines.
+
+The event loop only parses, validates, frames and sends. Engines run in a small thread pool shared
+by every session; each session has one worker task that hands its frames to the pool in order, so a
+slow session occupies at most one thread and never holds up another session's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import ValidationError
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from bot.localrt.config import LocalRTConfig
+from bot.localrt.engines.bundle import Engines
+from bot.localrt.errors import ProtocolError
+from bot.localrt.framing import FrameBuffer
+from bot.localrt.interpreter import Failure, Interpreter, Output, Settings, SourceText, TargetText
+from bot.localrt.session import SessionState
+from bot.realtime.translation_events import (
+    CLIENT_EVENT_TYPES,
+    SAMPLE_RATE,
+    ErrorDetail,
+    ErrorEvent,
+    InputAudioBufferAppend,
+    InputTranscriptDelta,
+    OutputAudioDelta,
+    OutputTranscriptDelta,
+    SessionClose,
+    SessionClosed,
+    SessionCreated,
+    SessionUpdate,
+    SessionUpdated,
+    parse_client_event,
+)
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/realtime/translations"
+DEFAULT_MODEL = "gpt-realtime-translate"
+BATCH_FRAMES = 10  # frames handed to the engine thread per call (2 s of audio at most)
+BACKLOG_FRAMES = 5  # above this many queued frames, skip partial decodes to catch up
+
+
+class LocalRTServer:
+    """Owns the listening socket, the engines and the engine thread pool."""
+
+    def __init__(self, config: LocalRTConfig, engines: Engines, api_key: str | None = None) -> None:
+        self.config = config
+        self.engines = engines
+        self.api_key = api_key
+        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="localrt-engine")
+        self.targets = engines.output_languages()
+        self._server: Server | None = None
+        self.sessions: set[Session] = set()
+
+    async def start(self) -> None:
+        # The socket limit sits well above the protocol limit, so an oversized message gets an error
+        # event (and the session lives on) instead of a closed connection.
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            max_size=max(4 * self.config.max_message_bytes, 16 << 20),
+            compression=None,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() first"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}"
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> LocalRTServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Reject wrong paths (404) and wrong bearer tokens (401) before the upgrade."""
+        if urlsplit(request.path).path.rstrip("/") != PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"not found; connect to {PATH}\n")
+        if self.api_key:
+            auth = request.headers.get("Authorization", "")
+            if auth != f"Bearer {self.api_key}":
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid or missing API key\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+        model = (query.get("model") or [DEFAULT_MODEL])[0]
+        session = Session(self, ws, model)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+
+_CLOSE = object()
+
+
+class Session:
+    """One client connection: reads events, frames audio, feeds its worker, sends results."""
+
+    def __init__(self, server: LocalRTServer, ws: ServerConnection, model: str) -> None:
+        cfg = server.config
+        self.server = server
+        self.ws = ws
+        self.state = SessionState(model, cfg.default_output_language, cfg.session_ttl_s, server.targets)
+        self.frames = FrameBuffer()
+        self._queue: deque[object] = deque()
+        self._wake = asyncio.Event()
+        self._pending_frames = 0
+        self._closing = False
+        self._interpreter: Interpreter | None = None
+
+    def _settings(self) -> Settings:
+        return Settings(target=self.state.target, transcribe=self.state.transcribe)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # building the VAD loads a model file: not on the event loop
+        self._interpreter = await loop.run_in_executor(self.server.pool, Interpreter, self.server.engines)
+        log.info("session %s opened (model %s)", self.state.id, self.state.model)
+        await self._send(SessionCreated(session=self.state.info()))
+        worker = asyncio.create_task(self._work(), name=f"localrt-{self.state.id}")
+        expiry = asyncio.create_task(self._expire())
+        try:
+            async for message in self.ws:
+                try:
+                    await self._on_message(message)
+                except ProtocolError as exc:
+                    await self._send(exc.to_event())
+        except ConnectionClosed:
+            pass
+        finally:
+            expiry.cancel()
+            if not self._closing:
+                worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await worker
+            log.info("session %s ended", self.state.id)
+
+    # --- client events -------------------------------------------------------------------------
+
+    async def _on_message(self, message: str | bytes) -> None:
+        limit = self.server.config.max_message_bytes
+        if len(message) > limit:
+            raise ProtocolError(
+                "message_too_large", f"message of {len(message)} bytes exceeds the limit of {limit} bytes"
+            )
+        if isinstance(message, bytes):
+            raise ProtocolError("invalid_message", "binary frames are not accepted; send JSON text events")
+        try:
+            data = json.loads(message)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ProtocolError("invalid_json", "an event must be a JSON object")
+        event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+        kind = data.get("type")
+        if kind not in CLIENT_EVENT_TYPES:
+            raise ProtocolError(
+                "unknown_event_type" if kind is not None else "missing_type",
+                f"unsupported event type {kind!r}; expected one of {', '.join(sorted(CLIENT_EVENT_TYPES))}",
+                "type",
+                event_id=event_id,
+            )
+        try:
+            event = parse_client_event(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"] if not str(p).startswith("session."))
+            raise ProtocolError("invalid_value", f"{kind}: {first['msg']}", param or None, event_id=event_id) from None
+        if self._closing:
+            raise ProtocolError(
+                "session_closing", "the session is closing; no more events are accepted", event_id=event_id
+            )
+        if isinstance(event, InputAudioBufferAppend):
+            self._append(event)
+        elif isinstance(event, SessionUpdate):
+            self.state.apply(event.session, event.event_id)
+            await self._send(SessionUpdated(session=self.state.info()))
+        elif isinstance(event, SessionClose):
+            self._closing = True
+            tail = self.frames.flush()
+            if tail is not None:
+                self._enqueue([tail])
+            self._queue.append(_CLOSE)
+            self._wake.set()
+
+    def _append(self, event: InputAudioBufferAppend) -> None:
+        try:
+            pcm = base64.b64decode(event.audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError(
+                "invalid_audio", "audio is not valid base64", "audio", event_id=event.event_id
+            ) from None
+        if len(pcm) % 2:
+            raise ProtocolError(
+                "invalid_audio_length",
+                f"audio has {len(pcm)} bytes; pcm16 needs an even number of bytes",
+                "audio",
+                event_id=event.event_id,
+            )
+        frames = self.frames.push(pcm)
+        if frames:
+            self._enqueue(frames)
+
+    def _enqueue(self, frames: list[bytes]) -> None:
+        self._queue.append((frames, self._settings()))
+        self._pending_frames += len(frames)
+        self._wake.set()
+
+    # --- the worker ----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        """Feed queued frames to the engine pool in order; send what comes back."""
+        loop = asyncio.get_running_loop()
+        pool = self.server.pool
+        interp = self._interpreter
+        assert interp is not None
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            item = self._queue.popleft()
+            if item is _CLOSE:
+                settings = self._settings()
+                outputs = await loop.run_in_executor(pool, interp.finish, settings)
+                await self._send_outputs(outputs)
+                await self._send(SessionClosed())
+                await self.ws.close(1000, "session closed")
+                return
+            frames, settings = item  # type: ignore[misc]
+            frames = list(frames)
+            # merge queued frames of the same settings into one engine call
+            while self._queue and len(frames) < BATCH_FRAMES:
+                nxt = self._queue[0]
+                if nxt is _CLOSE or nxt[1] != settings:  # type: ignore[index]
+                    break
+                frames += self._queue.popleft()[0]  # type: ignore[index]
+            self._pending_frames -= len(frames)
+            settings = replace(settings, partials=self._pending_frames <= BACKLOG_FRAMES)
+            outputs = await loop.run_in_executor(pool, interp.process, frames, settings)
+            await self._send_outputs(outputs)
+
+    async def _send_outputs(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, SourceText):
+                await self._send(InputTranscriptDelta(delta=out.delta, elapsed_ms=out.elapsed_ms))
+            elif isinstance(out, TargetText):
+                await self._send(OutputTranscriptDelta(delta=out.delta, elapsed_ms=out.elapsed_ms))
+            elif isinstance(out, Failure):
+                await self._send(ErrorEvent(error=ErrorDetail(type="server_error", code=out.code, message=out.message)))
+            else:
+                await self._send(
+                    OutputAudioDelta(
+                        delta=base64.b64encode(out.pcm).decode("ascii"),
+                        sample_rate=SAMPLE_RATE,
+                        channels=1,
+                        format="pcm16",
+                        elapsed_ms=out.elapsed_ms,
+                    )
+                )
+
+    async def _expire(self) -> None:
+        await asyncio.sleep(max(0.0, self.state.expires_at - time.time()))
+        await self._send(
+            ErrorEvent(
+                error=ErrorDetail(
+                    type="invalid_request_error", code="session_expired", message="the session has expired"
+                )
+            )
+        )
+        await self.ws.close(1001, "session expired")
+
+    async def _send(self, event: object) -> None:
+        await self.ws.send(event.to_json())  # type: ignore[attr-defined]

@@ -1,0 +1,50 @@
+"""Test speech, synthesized at test time: espeak-ng speaks, sox converts to pcm16 mono 24 kHz."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+
+import pytest
+
+RATE = 24_000
+FRAME_BYTES = 9600
+
+SENTENCES = [
+    "Where is the train station?",
+    "My brother lives in a big house.",
+    "We are going to the beach tomorrow.",
+]
+
+
+def require_tools() -> None:
+    for tool in ("espeak-ng", "sox", "apertium"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (make system-deps)")
+
+
+@functools.lru_cache(maxsize=64)
+def speech(text: str, voice: str = "en-us", wpm: int = 130) -> bytes:
+    """pcm16 little-endian mono 24 kHz of `text`."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(wpm), "--stdout", text], capture_output=True, check=True
+    ).stdout
+    return subprocess.run(
+        ["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed", "-"],
+        input=wav,
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(RATE * seconds) * 2)
+
+
+def utterance(*sentences: str, gap: float = 1.0) -> bytes:
+    """Sentences separated (and followed) by silence long enough to end a VAD segment."""
+    out = silence(0.4)
+    for s in sentences:
+        out += speech(s) + silence(gap)
+    return out

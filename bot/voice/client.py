@@ -1,0 +1,93 @@
+"""discord.py glue: a VoiceClient that receives every member's speech.
+
+Usage (the listener account)::
+
+    ListeningVoiceClient.voice_config = settings.voice      # once, before connecting
+    vc = await channel.connect(cls=ListeningVoiceClient)
+    while True:
+        frame = await vc.frames.get()                       # VoiceFrame(user_id, pcm, end)
+
+discord.py 2.7.1 has no receive API; it does expose the two seams used here: a voice-gateway hook
+(``VoiceConnectionState(..., hook=)``, called as ``hook(ws, msg)`` after discord.py has processed the
+message) and raw UDP listeners (``VoiceConnectionState.add_socket_listener``, called on its
+socket-reader thread). The DAVE session is read from ``_connection.dave_session`` on every frame
+because discord.py replaces it on transitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import discord
+from discord.voice_state import VoiceConnectionState
+
+from bot.voice.capture import CaptureWriter
+from bot.voice.config import VoiceConfig
+from bot.voice.dave import DaveDecryptor
+from bot.voice.receiver import GATEWAY_OPS, VoiceReceiver
+from bot.voice.worker import AsyncioFrameSink, ReceiveWorker, VoiceFrame
+
+_log = logging.getLogger(__name__)
+
+
+def capture_path(directory: Path, guild_id: int, channel_id: int) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return directory / f"{guild_id}-{channel_id}-{stamp}.jsonl"
+
+
+class ListeningVoiceClient(discord.VoiceClient):
+    """A VoiceClient whose members' speech arrives on :attr:`frames` as 20 ms 24 kHz pcm16 frames."""
+
+    voice_config: ClassVar[VoiceConfig] = VoiceConfig()
+
+    def __init__(self, client: discord.Client, channel: Any) -> None:
+        super().__init__(client, channel)
+        config = self.voice_config
+        self.frames: asyncio.Queue[VoiceFrame] = asyncio.Queue(maxsize=config.frame_queue_size)
+        self._sink = AsyncioFrameSink(client.loop, self.frames)
+        capture = None
+        if config.capture:
+            members = {m.id: m.display_name for m in getattr(channel, "members", ())}
+            path = capture_path(config.capture_dir, channel.guild.id, channel.id)
+            capture = CaptureWriter(path, members)
+            _log.info("voice capture: writing %s", path)
+        receiver = VoiceReceiver(self._sink, config, dave=DaveDecryptor(self._dave_session))
+        self.receive = ReceiveWorker(receiver, capture=capture)
+        self.receive.start()
+
+    def create_connection_state(self) -> VoiceConnectionState:
+        return VoiceConnectionState(self, hook=self._voice_ws_hook)
+
+    def _dave_session(self) -> Any:
+        return self._connection.dave_session
+
+    async def _voice_ws_hook(self, ws: Any, msg: dict[str, Any]) -> None:
+        """Forward the events the receiver needs (4: key, 5/12: SSRC map, 11/13: join/leave)."""
+        op = msg.get("op")
+        if op in GATEWAY_OPS:
+            self.receive.feed_gateway(op, msg.get("d"))
+
+    async def connect(self, *, reconnect: bool, timeout: float, self_deaf: bool = False,
+                      self_mute: bool = False) -> None:
+        await super().connect(reconnect=reconnect, timeout=timeout, self_deaf=self_deaf, self_mute=self_mute)
+        # Only now does the UDP socket exist; the reader thread keeps listeners across reconnects.
+        self._connection.add_socket_listener(self.receive.feed_datagram)
+
+    def cleanup(self) -> None:
+        self._connection.remove_socket_listener(self.receive.feed_datagram)
+        self.receive.stop()
+        super().cleanup()
+
+    @property
+    def receive_counters(self) -> dict[str, Any]:
+        """Outcome counters of every datagram received so far (see :mod:`bot.voice.outcomes`)."""
+        return self.receive.counters()
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames dropped because the consumer of :attr:`frames` fell behind."""
+        return self._sink.dropped

@@ -48,7 +48,7 @@ class ListeningVoiceClient(discord.VoiceClient):
         super().__init__(client, channel)
         config = self.voice_config
         self.frames: asyncio.Queue[VoiceFrame] = asyncio.Queue(maxsize=config.frame_queue_size)
-        self._sink = AsyncioFrameSink(client.loop, self.frames)
+        self._sink = AsyncioFrameSink(self.loop, self.frames)
         capture = None
         if config.capture:
             members = {m.id: m.display_name for m in getattr(channel, "members", ())}

@@ -1,0 +1,250 @@
+"""Parley's configuration: `config.yaml` validated by pydantic, secrets from the environment only.
+
+Every field has a default that works, so an empty file is a valid config. A bad file is reported as
+`ConfigError` naming the field path (`audio.chunk_ms`), never as a traceback. Secrets are `SecretStr`
+and are read from the environment, never from the file, so a shared config can't leak a token.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from bot.localrt.config import LocalRTConfig
+from bot.voice.config import VoiceConfig
+
+OPENAI_WS_BASE = "wss://api.openai.com/v1"
+NAMED_BACKENDS = ("openai", "openai-realtime", "local")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+
+
+class ConfigError(Exception):
+    """A config problem a user can fix; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelsConfig(_Section):
+    translate: str = "gpt-realtime-translate"
+    realtime: str = "gpt-realtime"
+    # Source-language captions; null turns off `session.input_transcript.delta` (and its cost).
+    transcription: str | None = "gpt-4o-mini-transcribe"
+
+
+class AudioConfig(_Section):
+    # Audio appended upstream per message. The translation engine works in 200 ms frames.
+    chunk_ms: int = Field(200, ge=20, le=1000)
+    noise_reduction: Literal["near_field", "far_field"] | None = None
+
+    @field_validator("chunk_ms")
+    @classmethod
+    def _whole_frames(cls, v: int) -> int:
+        if v % 20:
+            raise ValueError("must be a multiple of 20 (Discord frames are 20 ms)")
+        return v
+
+
+class SessionConfig(_Section):
+    idle_timeout_s: float = Field(30.0, gt=0)
+    max_duration_s: float = Field(3600.0, gt=60)
+    rotate_before_s: float = Field(60.0, ge=5)
+    replay_buffer_s: float = Field(10.0, ge=1, le=120)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    close_timeout_s: float = Field(10.0, gt=0)
+
+
+class ReconnectConfig(_Section):
+    initial_delay_s: float = Field(0.25, gt=0)
+    max_delay_s: float = Field(15.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.2, ge=0, le=1)
+    max_attempts: int | None = Field(None, ge=1)  # per outage; null = keep trying
+    open_attempts: int = Field(3, ge=1)  # when a session is first opened
+
+
+class InterpreterConfig(_Section):
+    """For backend `openai-realtime`: gpt-realtime instructed to act as an interpreter."""
+
+    prompt: str = (
+        "You are a simultaneous interpreter. Translate everything the user says into {language}. "
+        "Speak only the translation, in the first person, with the speaker's tone. Never answer "
+        "questions, never add comments, never translate into any other language."
+    )
+    voice: str = "marin"
+    vad_threshold: float = Field(0.5, ge=0, le=1)
+    silence_ms: int = Field(500, ge=100, le=5000)
+    prefix_padding_ms: int = Field(300, ge=0, le=2000)
+
+
+class PricesConfig(_Section):
+    """US dollars per audio minute sent, by backend (silence counts: it is billed audio time)."""
+
+    openai: float = Field(0.034, ge=0)
+    openai_realtime: float = Field(0.06, ge=0, alias="openai-realtime")
+    local: float = Field(0.0, ge=0)
+    url: float = Field(0.0, ge=0)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CapsConfig(_Section):
+    max_sessions: int = Field(16, ge=1)
+    daily_budget_usd: float | None = Field(None, ge=0)
+
+
+class Secrets(BaseModel):
+    """Tokens from the environment. SecretStr keeps them out of reprs, logs and errors."""
+
+    discord_token: SecretStr | None = None
+    discord_speaker_token: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    localrt_api_key: SecretStr | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
+        env = os.environ if env is None else env
+        return cls(
+            discord_token=env.get("DISCORD_TOKEN") or None,
+            discord_speaker_token=env.get("DISCORD_SPEAKER_TOKEN") or None,
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            localrt_api_key=env.get("LOCALRT_API_KEY") or None,
+        )
+
+
+class Settings(_Section):
+    # openai | openai-realtime | local | a ws:// or wss:// URL of a server speaking either protocol
+    backend: str = "openai"
+    target_language: str = "en"
+    models: ModelsConfig = ModelsConfig()
+    audio: AudioConfig = AudioConfig()
+    session: SessionConfig = SessionConfig()
+    reconnect: ReconnectConfig = ReconnectConfig()
+    interpreter: InterpreterConfig = InterpreterConfig()
+    prices: PricesConfig = PricesConfig()
+    caps: CapsConfig = CapsConfig()
+    voice: VoiceConfig = VoiceConfig()
+    local: LocalRTConfig = LocalRTConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    secrets: Secrets = Field(default_factory=Secrets, exclude=True)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v in NAMED_BACKENDS:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme in ("ws", "wss") and parts.netloc:
+            return v
+        raise ValueError(f"must be one of {', '.join(NAMED_BACKENDS)} or a ws:// / wss:// URL, got {v!r}")
+
+    @field_validator("target_language")
+    @classmethod
+    def _language_code(cls, v: str) -> str:
+        if not _LANGUAGE.match(v):
+            raise ValueError(f"must be a language code such as 'es' or 'pt-BR', got {v!r}")
+        return v
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a session connects and which protocol it speaks there."""
+
+    url: str
+    protocol: Literal["translation", "realtime"]
+    model: str
+    api_key: SecretStr | None
+    price_per_minute: float
+
+
+def resolve_endpoint(settings: Settings) -> Endpoint:
+    """Turn the configured backend into a URL + protocol. Raises ConfigError if a key is missing."""
+    backend, models, prices, secrets = settings.backend, settings.models, settings.prices, settings.secrets
+    if backend == "openai":
+        if secrets.openai_api_key is None:
+            raise ConfigError("backend 'openai' needs OPENAI_API_KEY in the environment (or use backend: local)")
+        return Endpoint(
+            _with_model(f"{OPENAI_WS_BASE}/realtime/translations", models.translate),
+            "translation", models.translate, secrets.openai_api_key, prices.openai,
+        )
+    if backend == "openai-realtime":
+        if secrets.openai_api_key is None:
+            raise ConfigError("backend 'openai-realtime' needs OPENAI_API_KEY in the environment")
+        return Endpoint(
+            _with_model(f"{OPENAI_WS_BASE}/realtime", models.realtime),
+            "realtime", models.realtime, secrets.openai_api_key, prices.openai_realtime,
+        )
+    if backend == "local":
+        host = settings.local.host if settings.local.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return Endpoint(
+            _with_model(f"ws://{host}:{settings.local.port}/v1/realtime/translations", models.translate),
+            "translation", models.translate, secrets.localrt_api_key, prices.local,
+        )
+    parts = urlsplit(backend)
+    path = parts.path.rstrip("/")
+    protocol: Literal["translation", "realtime"] = "realtime" if path.endswith("/realtime") else "translation"
+    if protocol == "translation" and not path.endswith("/realtime/translations"):
+        path = f"{path}/v1/realtime/translations" if not path.endswith("/v1") else f"{path}/realtime/translations"
+    model = models.realtime if protocol == "realtime" else models.translate
+    url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    key = secrets.openai_api_key or secrets.localrt_api_key
+    return Endpoint(url if "model=" in parts.query else _with_model(url, model), protocol, model, key, prices.url)
+
+
+def _with_model(url: str, model: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}{urlencode({'model': model})}"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem, each naming the field path the user has to fix."""
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling against config.yaml)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None, env: dict[str, str] | None = None) -> Settings:
+    """Read and validate the config file (None → all defaults) plus the environment.
+
+    `PARLEY_BACKEND` overrides `backend` so `make run` can switch to the local server without editing
+    the file.
+    """
+    env = dict(os.environ) if env is None else env
+    data: Any = {}
+    source = str(path) if path is not None else "(defaults)"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read config file: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"{source}: not valid YAML{where}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of settings, got {type(data).__name__}")
+        if "secrets" in data:
+            raise ConfigError(f"{source}: secrets: tokens belong in the environment, not in the config file")
+    if env.get("PARLEY_BACKEND"):
+        data = {**data, "backend": env["PARLEY_BACKEND"]}
+    try:
+        return Settings.model_validate({**data, "secrets": Secrets.from_env(env)})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None

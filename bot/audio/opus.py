@@ -42,15 +42,9 @@ def load_libopus() -> ctypes.CDLL:
     lib.opus_decoder_create.restype = ctypes.c_void_p
     lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
     lib.opus_decoder_destroy.restype = None
-    lib.opus_decode.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_char_p,
-        ctypes.c_int32,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
-    lib.opus_decode.restype = ctypes.c_int
+    for fn in (lib.opus_decode, lib.opus_decode_float):
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        fn.restype = ctypes.c_int
     lib.opus_decoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.opus_decoder_ctl.restype = ctypes.c_int
     lib.opus_packet_get_nb_samples.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
@@ -66,8 +60,9 @@ def packet_has_silk(packet: bytes) -> bool:
 class OpusDecoder:
     """One libopus decoder (one per speaker: Opus decoding is stateful).
 
-    Every method returns int16 mono 48 kHz samples as a fresh numpy array, or ``None`` when libopus
-    rejects the packet (the caller counts it and conceals instead).
+    Every method returns float32 mono 48 kHz samples (full scale ±1.0) as a fresh numpy array, or
+    ``None`` when libopus rejects the packet (the caller counts it and conceals instead). Float is
+    libopus' native output and what soxr filters best; int16 comes back only at the very end.
     """
 
     __slots__ = ("_buf", "_channels", "_decode", "_lib", "_ptr", "_state")
@@ -80,9 +75,9 @@ class OpusDecoder:
             raise OpusUnavailable(f"opus_decoder_create failed: {err.value}")
         self._state = state
         self._channels = channels
-        self._buf = np.zeros(MAX_FRAME_SAMPLES * channels, dtype=np.int16)
+        self._buf = np.zeros(MAX_FRAME_SAMPLES * channels, dtype=np.float32)
         self._ptr = self._buf.ctypes.data
-        self._decode = lib.opus_decode
+        self._decode = lib.opus_decode_float
 
     def decode(self, packet: bytes) -> np.ndarray | None:
         """Decode one packet."""

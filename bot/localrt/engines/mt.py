@@ -106,8 +106,7 @@ class CTranslate2Translator:
         except ImportError as exc:
             raise EngineError("mt.engine ctranslate2 needs: pip install ctranslate2") from exc
         self._family = cfg.model_family
-        self._tokenizer = SubwordTokenizer.find(model_dir, cfg.tokenizer)
-        self._translator = ctranslate2.Translator(str(model_dir), device="cpu", inter_threads=2)
+        # config mistakes first: they are cheaper to report than a model load
         langs = [lang for lang in (languages.normalize(x) for x in cfg.languages) if lang]
         if self._family == "nllb":
             langs = [x for x in (langs or list(languages.ISO1_TO_NLLB)) if x in languages.ISO1_TO_NLLB]
@@ -116,6 +115,11 @@ class CTranslate2Translator:
             if len(langs) != 2:
                 raise EngineError("a Marian model needs mt.languages: [source, target]")
             self._pairs = {(langs[0], langs[1]): "ctranslate2 marian"}
+        self._tokenizer = SubwordTokenizer.find(model_dir, cfg.tokenizer)
+        try:
+            self._translator = ctranslate2.Translator(str(model_dir), device="cpu", inter_threads=2)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise EngineError(f"cannot load CTranslate2 model {model_dir}: {exc}") from exc
 
     def pairs(self) -> dict[tuple[str, str], str]:
         return dict(self._pairs)

@@ -1,0 +1,88 @@
+"""Many sessions at once: each gets its own language, and a stuck one holds up nobody else."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+from bot.localrt.engines.asr import ASR_RATE, Transcript
+from bot.localrt.engines.bundle import Engines
+from bot.localrt.server import LocalRTServer
+from tests.localrt.conftest import API_KEY
+from tests.localrt.speech import FRAME_BYTES, SENTENCES, speech, utterance
+from tests.localrt.test_errors import AUTH, endpoint, recv
+from tests.localrt.test_openai_client import run_sdk_session, text_of
+
+LONG = "We are going to the beach tomorrow and my brother lives in a big house."
+
+
+async def test_parallel_sessions_each_get_their_own_language(server):
+    audio = utterance(SENTENCES[0])
+    results = await asyncio.gather(
+        *(
+            run_sdk_session(server.url, audio, FRAME_BYTES, {"audio": {"output": {"language": lang}}})
+            for lang in ("es", "ca", "en", "es")
+        )
+    )
+    texts = [text_of(events, "session.output_transcript.delta") for events in results]
+    assert "Dónde" in texts[0] and "Dónde" in texts[3]
+    assert "estació" in texts[1]
+    assert "train station" in texts[2].lower()  # same language: passthrough of the source text
+
+
+class GatedRecognizer:
+    """Blocks on long segments until the test opens the gate: a deterministic 'slow session'."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.languages = inner.languages
+        self.gate = threading.Event()
+        self.blocked = threading.Event()
+
+    def transcribe(self, audio: np.ndarray, prefix: str | None = None) -> Transcript:
+        if len(audio) > 4 * ASR_RATE:
+            self.blocked.set()
+            self.gate.wait(timeout=60)
+        return self.inner.transcribe(audio, prefix)
+
+
+async def test_a_stuck_session_does_not_stall_others(engines):
+    gated = GatedRecognizer(engines.asr)
+    slow_engines = Engines(config=engines.config, asr=gated, mt=engines.mt, tts=engines.tts)
+    config = engines.config.model_copy(update={"port": 0})
+    async with LocalRTServer(config, slow_engines, api_key=API_KEY) as server:
+        assert len(speech(LONG)) > 4 * 48_000  # one long segment: the gated kind
+        slow = asyncio.create_task(run_sdk_session(server.url, utterance(LONG), FRAME_BYTES, None))
+        await asyncio.to_thread(gated.blocked.wait, 30)
+        assert gated.blocked.is_set() and not slow.done()
+        # while one engine thread is stuck, another session runs start to finish
+        fast = await asyncio.wait_for(
+            run_sdk_session(server.url, utterance(SENTENCES[0]), FRAME_BYTES, None), timeout=30
+        )
+        assert "tren" in text_of(fast, "session.output_transcript.delta")
+        assert not slow.done()
+        gated.gate.set()
+        events = await asyncio.wait_for(slow, timeout=60)
+    assert "playa" in text_of(events, "session.output_transcript.delta")
+
+
+async def test_appends_are_answered_while_engines_work(server):
+    """The event loop stays responsive: a session.update is acknowledged mid-speech."""
+    audio = utterance(LONG)
+    async with connect(endpoint(server), additional_headers=AUTH) as ws:
+        await recv(ws)
+        for i in range(0, len(audio), FRAME_BYTES):
+            event = {"type": "session.input_audio_buffer.append"}
+            event["audio"] = base64.b64encode(audio[i : i + FRAME_BYTES]).decode()
+            await ws.send(json.dumps(event))
+        await ws.send('{"type":"session.update","session":{"audio":{"output":{"language":"ca"}}}}')
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while (event := await recv(ws)).type != "session.updated":
+            pass
+        assert loop.time() - start < 1.0

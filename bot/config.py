@@ -149,9 +149,14 @@ class Settings(_Section):
     @field_validator("target_language")
     @classmethod
     def _language_code(cls, v: str) -> str:
-        if not _LANGUAGE.match(v):
-            raise ValueError(f"must be a language code such as 'es' or 'pt-BR', got {v!r}")
-        return v
+        return check_language(v)
+
+
+def check_language(code: str) -> str:
+    """A target language is an ISO 639 code, optionally with a region (`es`, `pt-BR`)."""
+    if not _LANGUAGE.match(code):
+        raise ValueError(f"must be a language code such as 'es' or 'pt-BR', got {code!r}")
+    return code
 
 
 @dataclass(frozen=True)

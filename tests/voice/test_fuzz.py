@@ -44,7 +44,7 @@ def malformed(rng: np.random.Generator, good: list[bytes], n: int) -> tuple[list
             b[pos] ^= 1 << int(rng.integers(8))
             out.append(bytes(b))
         elif kind == "absurd_ext":
-            words = int(rng.integers(1, 65536))
+            words = int(rng.integers(64, 65536))  # longer than any body below: never valid
             cc = int(rng.integers(0, 3))
             header = struct.pack(">BBHII", 0x90 | cc, 0x78, int(rng.integers(65536)), 0, GOOD_SSRC)
             header += bytes(4 * cc) + struct.pack(">HH", 0xBEDE, words)

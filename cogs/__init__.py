@@ -1,0 +1,1 @@
+"""Discord command cogs: thin layers that parse, check permissions and call bot/pipeline."""

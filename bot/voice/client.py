@@ -56,7 +56,7 @@ class ListeningVoiceClient(discord.VoiceClient):
             capture = CaptureWriter(path, members)
             _log.info("voice capture: writing %s", path)
         receiver = VoiceReceiver(self._sink, config, dave=DaveDecryptor(self._dave_session))
-        self.receive = ReceiveWorker(receiver, capture=capture)
+        self.receive = ReceiveWorker(receiver, capture=capture, after_burst=self._sink.flush)
         self.receive.start()
 
     def create_connection_state(self) -> VoiceConnectionState:
@@ -79,7 +79,7 @@ class ListeningVoiceClient(discord.VoiceClient):
 
     def cleanup(self) -> None:
         self._connection.remove_socket_listener(self.receive.feed_datagram)
-        self.receive.stop()
+        self.receive.stop(timeout=0)  # flushes on its own thread; never wait on the event loop
         super().cleanup()
 
     @property

@@ -214,6 +214,12 @@ class VoiceReceiver:
                 self._fail(stream)
         self._count[Outcome.UNMAPPED_DROPPED] += self._hold.clear()
 
+    def close(self) -> None:
+        """Flush, then release every speaker's decoder and resampler (connection gone)."""
+        self.flush()
+        self._speakers.clear()
+        self._by_ssrc.clear()
+
     # -- accounting ----------------------------------------------------------------------------------
 
     @property

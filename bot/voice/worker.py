@@ -22,6 +22,7 @@ from bot.voice.receiver import OP_SESSION_DESCRIPTION, VoiceReceiver
 _log = logging.getLogger(__name__)
 TICK_SECONDS = 0.02
 _STOP = object()
+_BURST = 64  # datagrams handled before frames are handed to the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,24 +35,40 @@ class VoiceFrame:
 
 
 class AsyncioFrameSink:
-    """FrameSink that hands frames to an ``asyncio.Queue`` on ``loop`` (thread-safe)."""
+    """FrameSink that hands frames to an ``asyncio.Queue`` on ``loop``.
+
+    Frames are batched on the worker thread and posted with one ``call_soon_threadsafe`` per
+    :meth:`flush` (the worker flushes after each burst of datagrams), so a busy room costs the
+    event loop one wake-up per burst rather than one per frame.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, frames: asyncio.Queue[VoiceFrame]) -> None:
         self._loop = loop
         self._frames = frames
+        self._batch: list[VoiceFrame] = []
         self.dropped = 0
 
-    def _put(self, item: VoiceFrame) -> None:
-        try:
-            self._frames.put_nowait(item)
-        except asyncio.QueueFull:
-            self.dropped += 1
+    def _put_all(self, batch: list[VoiceFrame]) -> None:
+        put = self._frames.put_nowait
+        for item in batch:
+            try:
+                put(item)
+            except asyncio.QueueFull:
+                self.dropped += 1
 
     def on_frame(self, user_id: int, pcm: bytes) -> None:
-        self._loop.call_soon_threadsafe(self._put, VoiceFrame(user_id, pcm))
+        self._batch.append(VoiceFrame(user_id, pcm))
 
     def on_stream_end(self, user_id: int) -> None:
-        self._loop.call_soon_threadsafe(self._put, VoiceFrame(user_id, b"", True))
+        self._batch.append(VoiceFrame(user_id, b"", True))
+
+    def flush(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                self._loop.call_soon_threadsafe(self._put_all, batch)
+            except RuntimeError:  # loop closed during shutdown
+                self.dropped += len(batch)
 
 
 class ReceiveWorker:
@@ -63,8 +80,10 @@ class ReceiveWorker:
         *,
         capture: CaptureWriter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        after_burst: Callable[[], None] | None = None,
     ) -> None:
         self.receiver = receiver
+        self._after_burst = after_burst
         self.capture = capture
         self._clock = clock
         self._t0 = clock()
@@ -82,45 +101,63 @@ class ReceiveWorker:
     def feed_gateway(self, op: int, d: Any) -> None:
         self._queue.put((self._clock(), op, d))
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Flush and end all streams, close the capture, join the thread."""
+    def stop(self, timeout: float | None = 2.0) -> None:
+        """Flush and end all streams, close the capture; wait up to ``timeout`` s (0: don't wait)."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
-            self._thread.join(timeout)
+            if timeout:
+                self._thread.join(timeout)
 
     def counters(self) -> dict[str, Any]:
         with self._lock:
             return self.receiver.counters()
 
     def _run(self) -> None:
-        receiver, q, capture = self.receiver, self._queue, self.capture
+        q, after_burst = self._queue, self._after_burst
         next_tick = self._clock() + TICK_SECONDS
-        while True:
+        stopping = False
+        while not stopping:
+            burst: list[Any] = []
             try:
-                item = q.get(timeout=TICK_SECONDS)
+                burst.append(q.get(timeout=TICK_SECONDS))
+                while len(burst) < _BURST:
+                    burst.append(q.get_nowait())
             except queue.Empty:
-                item = None
-            if item is _STOP:
-                break
+                pass
             with self._lock:
-                try:
-                    if item is not None:
-                        if len(item) == 2:
-                            receiver.feed(item[1], item[0])
-                            if capture is not None:
-                                capture.datagram(item[0] - self._t0, item[1])
-                        else:
-                            self._gateway(*item)
-                    now = self._clock()
-                    if now >= next_tick:
-                        receiver.tick(now)
-                        next_tick = now + TICK_SECONDS
-                except Exception:  # the thread must survive anything
-                    _log.exception("voice receive worker error")
-        with self._lock:
-            receiver.flush()
-            if capture is not None:
-                capture.close()
+                for item in burst:
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    self._handle(item)
+                now = self._clock()
+                if now >= next_tick and not stopping:
+                    self._guard(self.receiver.tick, now)
+                    next_tick = now + TICK_SECONDS
+                if stopping:
+                    self._guard(self.receiver.close)
+                    if self.capture is not None:
+                        self._guard(self.capture.close)
+            if after_burst is not None:
+                self._guard(after_burst)
+
+    @staticmethod
+    def _guard(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # the thread must survive anything
+            _log.exception("voice receive worker error")
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        try:
+            if len(item) == 2:
+                self.receiver.feed(item[1], item[0])
+                if self.capture is not None:
+                    self.capture.datagram(item[0] - self._t0, item[1])
+            else:
+                self._gateway(*item)
+        except Exception:
+            _log.exception("voice receive worker error")
 
     def _gateway(self, t: float, op: int, d: Any) -> None:
         self.receiver.on_gateway(op, d, t)

@@ -6,6 +6,7 @@ its ``SocketReader`` thread reads real UDP datagrams from a loopback socket.
 """
 
 import asyncio
+import gc
 import socket
 from types import SimpleNamespace
 
@@ -45,9 +46,13 @@ async def voice_client(tmp_path, monkeypatch):
     vc._connection.socket = rx
     yield vc
     vc.cleanup()
+    assert removed == [5555]
+    vc.receive.stop()  # cleanup() does not wait; the test does, so nothing outlives it
+    assert not vc.receive._thread.is_alive()
     vc._connection._socket_reader.stop()
     rx.close()
-    assert removed == [5555]
+    del vc
+    gc.collect()
 
 
 async def dispatch(vc, op, d):

@@ -69,6 +69,7 @@ class ReconnectConfig(_Section):
     jitter: float = Field(0.2, ge=0, le=1)
     max_attempts: int | None = Field(None, ge=1)  # per outage; null = keep trying
     open_attempts: int = Field(3, ge=1)  # when a session is first opened
+    rate_limit_delay_s: float = Field(5.0, ge=0)  # the least wait after a rate-limit error
 
 
 class InterpreterConfig(_Section):

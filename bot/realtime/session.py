@@ -77,6 +77,7 @@ class _Connection:
         self.closed = asyncio.Event()  # the server said session.closed
         self.done = asyncio.Event()  # the socket is gone
         self.first_error: SessionError | None = None
+        self.rate_limited = False
         self.fatal: SessionError | None = None
         self.reader: asyncio.Task[None] | None = None
 
@@ -293,7 +294,7 @@ class TranslationSession:
             if status in _FATAL_HTTP:
                 raise SessionFatal(f"{self._where()} answered HTTP {status}: {_FATAL_HTTP[status]}") from None
             if status == 429:
-                self._backoff.penalize(self.settings.reconnect.max_delay_s / 2)
+                self._backoff.penalize(self.settings.reconnect.rate_limit_delay_s)
             raise
         conn = _Connection(ws, self._make_protocol())
         conn.reader = asyncio.create_task(self._read(conn), name=f"{self.name}-reader")
@@ -302,6 +303,8 @@ class TranslationSession:
                 raise ConnectionError("no session.created from the server")
             await ws.send(conn.protocol.session_update(self.language))
             if not await _wait_any(conn.ready, conn.done, timeout=timeout) or not conn.ready.is_set():
+                if conn.rate_limited:
+                    raise ConnectionError("rate limited by the server")
                 if conn.first_error is not None:
                     err = conn.first_error
                     raise SessionFatal(f"{self._where()} rejected the session: {err.message} ({err.code})")
@@ -381,7 +384,8 @@ class TranslationSession:
             self.stats.errors += 1
             log.warning("%s: server error %s: %s", self.name, r.error.code, r.error.message)
             if r.rate_limited:
-                self._backoff.penalize(max(2.0, self.settings.reconnect.initial_delay_s * 8))
+                conn.rate_limited = True
+                self._backoff.penalize(self.settings.reconnect.rate_limit_delay_s)
             err = r.outputs[0]
             assert isinstance(err, SessionError)
             if not conn.ready.is_set() and conn.first_error is None:

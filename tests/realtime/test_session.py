@@ -255,3 +255,17 @@ async def test_api_key_never_reaches_the_log(caplog: pytest.LogCaptureFixture) -
     assert "Authorization: [redacted]" in ours  # the header line was logged ...
     assert "sk-secret-123" not in ours  # ... without its value (the peer's own server log does show it)
     assert any("sk-secret-123" in r.getMessage() for r in caplog.records if r.name.startswith("websockets"))
+
+
+async def test_rate_limit_backs_off_then_recovers() -> None:
+    err = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "Too many sessions."}
+    async with Peer(faults=Faults(error_on_connect={0: err})) as peer:
+        session = TranslationSession(endpoint(peer), "es", fast_settings(reconnect__rate_limit_delay_s=0.5))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await session.open()
+        waited = loop.time() - t0
+        await stream(session, numbered_audio(4))
+    assert len(peer.connections) == 2
+    assert waited >= 0.5  # the rate-limit floor, not the 20 ms first backoff step
+    assert session.stats.errors == 1

@@ -109,7 +109,7 @@ def _key(value: Any) -> bytes:
 def read_capture(path: Path) -> tuple[CaptureHeader, Iterator[Datagram | GatewayEvent]]:
     """Parse the header eagerly (so a wrong file fails at once) and stream the records."""
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("r", encoding="utf-8", errors="replace")
     except OSError as exc:
         raise CaptureError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:

@@ -147,3 +147,24 @@ def test_unsupported_mode_counts_no_key_and_torn_lines_are_skipped(tmp_path, cap
     assert run_cli(str(path), "--out", str(tmp_path / "o")) == 0
     counters = json.loads(capsys.readouterr().out)
     assert counters["outcomes"]["no_key"] == 1 and counters["received"] == 1
+
+
+def test_python_m_bot_replay_subcommand(tmp_path, speech):
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.jsonl"
+    w = CaptureWriter(path, {42: "Ann"})
+    w.start(XCHACHA, SECRET_KEY)
+    w.event(0.0, 5, {"user_id": "42", "ssrc": 7, "speaking": 1})
+    for i, d in enumerate(DiscordPeer(ssrc=7).send_pcm(to_stereo_bytes(speech[:48000]))):
+        w.datagram(i * 0.02, d)
+    w.close()
+    ok = subprocess.run([sys.executable, "-m", "bot", "replay", str(path), "--out", str(tmp_path / "o")],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["outcomes"]["decoded"] == 50
+    assert (tmp_path / "o" / "Ann.wav").exists()
+    bad = subprocess.run([sys.executable, "-m", "bot", "replay", __file__, "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "not a Parley capture" in bad.stderr

@@ -2,8 +2,7 @@
 
 Usage (the listener account)::
 
-    ListeningVoiceClient.voice_config = settings.voice      # once, before connecting
-    vc = await channel.connect(cls=ListeningVoiceClient)
+    vc = await channel.connect(cls=ListeningVoiceClient.configured(settings.voice))
     while True:
         frame = await vc.frames.get()                       # VoiceFrame(user_id, pcm, end)
 
@@ -58,6 +57,11 @@ class ListeningVoiceClient(discord.VoiceClient):
         receiver = VoiceReceiver(self._sink, config, dave=DaveDecryptor(self._dave_session))
         self.receive = ReceiveWorker(receiver, capture=capture, after_burst=self._sink.flush)
         self.receive.start()
+
+    @classmethod
+    def configured(cls, config: VoiceConfig) -> type[ListeningVoiceClient]:
+        """A subclass bound to ``config`` (``channel.connect(cls=...)`` only passes client and channel)."""
+        return type(cls.__name__, (cls,), {"voice_config": config})
 
     def create_connection_state(self) -> VoiceConnectionState:
         return VoiceConnectionState(self, hook=self._voice_ws_hook)

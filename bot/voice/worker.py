@@ -23,6 +23,7 @@ _log = logging.getLogger(__name__)
 TICK_SECONDS = 0.02
 _STOP = object()
 _BURST = 64  # datagrams handled before frames are handed to the event loop
+MAX_BACKLOG = 5000  # ~4 s of a 25-speaker room; beyond it the worker is hopelessly behind
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,8 @@ class ReceiveWorker:
     ) -> None:
         self.receiver = receiver
         self._after_burst = after_burst
+        self.overflow = 0
+        """Datagrams refused because the worker was :data:`MAX_BACKLOG` behind (never reach the receiver)."""
         self.capture = capture
         self._clock = clock
         self._t0 = clock()
@@ -96,7 +99,11 @@ class ReceiveWorker:
 
     def feed_datagram(self, data: bytes) -> None:
         """Socket listener: called by discord.py's SocketReader thread for every datagram."""
-        self._queue.put((self._clock(), data))
+        q = self._queue
+        if q.qsize() >= MAX_BACKLOG:
+            self.overflow += 1
+            return
+        q.put((self._clock(), data))
 
     def feed_gateway(self, op: int, d: Any) -> None:
         self._queue.put((self._clock(), op, d))
@@ -109,8 +116,11 @@ class ReceiveWorker:
                 self._thread.join(timeout)
 
     def counters(self) -> dict[str, Any]:
+        """The receiver's counters plus ``overflow`` (safe from any thread)."""
         with self._lock:
-            return self.receiver.counters()
+            counters = self.receiver.counters()
+        counters["overflow"] = self.overflow
+        return counters
 
     def _run(self) -> None:
         q, after_burst = self._queue, self._after_burst

@@ -32,14 +32,14 @@ async def voice_client(tmp_path, monkeypatch):
     guild = SimpleNamespace(id=5555)
     members = [SimpleNamespace(id=ALICE, display_name="Alice")]
     channel = SimpleNamespace(id=7777, guild=guild, members=members, _get_voice_client_key=lambda: (5555, "guild_id"))
-    monkeypatch.setattr(ListeningVoiceClient, "voice_config",
-                        VoiceConfig(capture=True, capture_dir=tmp_path / "captures"))
+    cls = ListeningVoiceClient.configured(VoiceConfig(capture=True, capture_dir=tmp_path / "captures"))
+    assert ListeningVoiceClient.voice_config.capture is False  # the base class is untouched
 
     async def fake_connect(self, **kwargs):  # discord.py's connect minus the network:
         self._connection._socket_reader.resume()  # what VoiceConnectionState._create_socket does
 
     monkeypatch.setattr(discord.VoiceClient, "connect", fake_connect)
-    vc = ListeningVoiceClient(client, channel)
+    vc = cls(client, channel)
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.setblocking(False)

@@ -174,20 +174,14 @@ class Endpoint:
 def resolve_endpoint(settings: Settings) -> Endpoint:
     """Turn the configured backend into a URL + protocol. Raises ConfigError if a key is missing."""
     backend, models, prices, secrets = settings.backend, settings.models, settings.prices, settings.secrets
-    if backend == "openai":
+    if backend in ("openai", "openai-realtime"):
         if secrets.openai_api_key is None:
-            raise ConfigError("backend 'openai' needs OPENAI_API_KEY in the environment (or use backend: local)")
-        return Endpoint(
-            _with_model(f"{OPENAI_WS_BASE}/realtime/translations", models.translate),
-            "translation", models.translate, secrets.openai_api_key, prices.openai,
-        )
-    if backend == "openai-realtime":
-        if secrets.openai_api_key is None:
-            raise ConfigError("backend 'openai-realtime' needs OPENAI_API_KEY in the environment")
-        return Endpoint(
-            _with_model(f"{OPENAI_WS_BASE}/realtime", models.realtime),
-            "realtime", models.realtime, secrets.openai_api_key, prices.openai_realtime,
-        )
+            raise ConfigError(f"backend {backend!r} needs OPENAI_API_KEY in the environment (or use backend: local)")
+        if backend == "openai":
+            url, protocol, model, price = "realtime/translations", "translation", models.translate, prices.openai
+        else:
+            url, protocol, model, price = "realtime", "realtime", models.realtime, prices.openai_realtime
+        return Endpoint(_with_model(f"{OPENAI_WS_BASE}/{url}", model), protocol, model, secrets.openai_api_key, price)
     if backend == "local":
         host = settings.local.host if settings.local.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return Endpoint(

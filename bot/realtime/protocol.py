@@ -7,7 +7,9 @@ JSON and server JSON into `Reading`s. Pure: no I/O, so each dialect is testable 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from typing import Protocol as _Protocol
 
 import langcodes
@@ -60,6 +62,24 @@ def _error_reading(err: tr.ErrorDetail) -> Reading:
     )
 
 
+def _validated(data: dict, known: frozenset[str], parse: Callable[[dict], Any]) -> Any:
+    """The typed event, or the Reading that says why there is none (unknown type, malformed)."""
+    if data.get("type") not in known:
+        return Reading(unknown=True)
+    try:
+        return parse(data)
+    except (ValidationError, ValueError):
+        return Reading(malformed=True)
+
+
+def _audio(delta: str, elapsed_ms: int | None, ack_ms: int | None) -> Reading:
+    try:
+        pcm = base64.b64decode(delta, validate=True)
+    except ValueError:
+        return Reading(malformed=True)
+    return Reading(outputs=[TranslatedAudio(pcm, elapsed_ms)], ack_ms=ack_ms)
+
+
 def language_name(code: str) -> str:
     """'es' → 'Spanish', for the interpreter prompt; unknown codes are passed through."""
     try:
@@ -107,20 +127,12 @@ class TranslationProtocol:
         return tr.SessionClose().to_json()
 
     def read(self, data: dict) -> Reading:
-        kind = data.get("type")
-        if kind not in tr.SERVER_EVENT_TYPES:
-            return Reading(unknown=True)
-        try:
-            ev = tr.parse_server_event(data)
-        except (ValidationError, ValueError):
-            return Reading(malformed=True)
+        ev = _validated(data, tr.SERVER_EVENT_TYPES, tr.parse_server_event)
         match ev:
+            case Reading():
+                return ev
             case tr.OutputAudioDelta():
-                try:
-                    pcm = base64.b64decode(ev.delta, validate=True)
-                except ValueError:
-                    return Reading(malformed=True)
-                return Reading(outputs=[TranslatedAudio(pcm, ev.elapsed_ms)], ack_ms=ev.elapsed_ms)
+                return _audio(ev.delta, ev.elapsed_ms, ack_ms=ev.elapsed_ms)
             case tr.OutputTranscriptDelta():
                 return Reading(outputs=[TargetText(ev.delta, ev.elapsed_ms)], ack_ms=ev.elapsed_ms)
             case tr.InputTranscriptDelta():
@@ -192,20 +204,12 @@ class RealtimeProtocol:
         return None  # the GA protocol has no graceful close: the socket is simply closed
 
     def read(self, data: dict) -> Reading:
-        kind = data.get("type")
-        if kind not in rt.REALTIME_SERVER_EVENT_TYPES:
-            return Reading(unknown=True)
-        try:
-            ev = rt.parse_realtime_server_event(data)
-        except (ValidationError, ValueError):
-            return Reading(malformed=True)
+        ev = _validated(data, rt.REALTIME_SERVER_EVENT_TYPES, rt.parse_realtime_server_event)
         match ev:
+            case Reading():
+                return ev
             case rt.ResponseOutputAudioDelta():
-                try:
-                    pcm = base64.b64decode(ev.delta, validate=True)
-                except ValueError:
-                    return Reading(malformed=True)
-                return Reading(outputs=[TranslatedAudio(pcm, self._turn_end_ms)])
+                return _audio(ev.delta, self._turn_end_ms, ack_ms=None)
             case rt.ResponseOutputAudioTranscriptDelta():
                 return Reading(outputs=[TargetText(ev.delta, self._turn_end_ms)])
             case rt.ResponseOutputAudioTranscriptDone():

@@ -10,27 +10,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
-from bot.realtime.translation_events import ErrorEvent, new_event_id
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    def to_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
-
+from bot.realtime.translation_events import ErrorEvent, WireModel, new_event_id
 
 # --- session configuration ---------------------------------------------------------------------
 
 
-class AudioFormat(_Wire):
+class AudioFormat(WireModel):
     type: Literal["audio/pcm"] = "audio/pcm"
     rate: Literal[24000] = 24000
 
 
-class ServerVad(_Wire):
+class ServerVad(WireModel):
     type: Literal["server_vad"] = "server_vad"
     threshold: float | None = None
     prefix_padding_ms: int | None = None
@@ -39,28 +31,28 @@ class ServerVad(_Wire):
     interrupt_response: bool | None = None
 
 
-class InputTranscription(_Wire):
+class InputTranscription(WireModel):
     model: str
     language: str | None = None
 
 
-class RealtimeAudioInput(_Wire):
+class RealtimeAudioInput(WireModel):
     format: AudioFormat | None = None
     transcription: InputTranscription | None = None
     turn_detection: ServerVad | None = None
 
 
-class RealtimeAudioOutput(_Wire):
+class RealtimeAudioOutput(WireModel):
     format: AudioFormat | None = None
     voice: str | None = None
 
 
-class RealtimeAudio(_Wire):
+class RealtimeAudio(WireModel):
     input: RealtimeAudioInput | None = None
     output: RealtimeAudioOutput | None = None
 
 
-class RealtimeSessionConfig(_Wire):
+class RealtimeSessionConfig(WireModel):
     type: Literal["realtime"] = "realtime"
     model: str | None = None
     instructions: str | None = None
@@ -71,13 +63,13 @@ class RealtimeSessionConfig(_Wire):
 # --- client events -----------------------------------------------------------------------------
 
 
-class RealtimeSessionUpdate(_Wire):
+class RealtimeSessionUpdate(WireModel):
     type: Literal["session.update"] = "session.update"
     session: RealtimeSessionConfig
     event_id: str | None = None
 
 
-class InputAudioAppend(_Wire):
+class InputAudioAppend(WireModel):
     type: Literal["input_audio_buffer.append"] = "input_audio_buffer.append"
     audio: str
     event_id: str | None = None
@@ -86,49 +78,44 @@ class InputAudioAppend(_Wire):
 # --- server events -----------------------------------------------------------------------------
 
 
-class RealtimeSessionCreated(_Wire):
+class RealtimeSessionCreated(WireModel):
     type: Literal["session.created"] = "session.created"
     event_id: str = Field(default_factory=new_event_id)
     session: RealtimeSessionConfig
 
 
-class RealtimeSessionUpdated(_Wire):
+class RealtimeSessionUpdated(WireModel):
     type: Literal["session.updated"] = "session.updated"
     event_id: str = Field(default_factory=new_event_id)
     session: RealtimeSessionConfig
 
 
-class ResponseOutputAudioDelta(_Wire):
+class _ResponsePart(WireModel):
+    """Where a piece of a response belongs: the fields every `response.output_*` event carries."""
+
+    event_id: str = Field(default_factory=new_event_id)
+    response_id: str
+    item_id: str
+    output_index: int = 0
+    content_index: int = 0
+
+
+class ResponseOutputAudioDelta(_ResponsePart):
     type: Literal["response.output_audio.delta"] = "response.output_audio.delta"
-    event_id: str = Field(default_factory=new_event_id)
-    response_id: str
-    item_id: str
-    output_index: int = 0
-    content_index: int = 0
     delta: str
 
 
-class ResponseOutputAudioTranscriptDelta(_Wire):
+class ResponseOutputAudioTranscriptDelta(_ResponsePart):
     type: Literal["response.output_audio_transcript.delta"] = "response.output_audio_transcript.delta"
-    event_id: str = Field(default_factory=new_event_id)
-    response_id: str
-    item_id: str
-    output_index: int = 0
-    content_index: int = 0
     delta: str
 
 
-class ResponseOutputAudioTranscriptDone(_Wire):
+class ResponseOutputAudioTranscriptDone(_ResponsePart):
     type: Literal["response.output_audio_transcript.done"] = "response.output_audio_transcript.done"
-    event_id: str = Field(default_factory=new_event_id)
-    response_id: str
-    item_id: str
-    output_index: int = 0
-    content_index: int = 0
     transcript: str
 
 
-class InputTranscriptionCompleted(_Wire):
+class InputTranscriptionCompleted(WireModel):
     type: Literal["conversation.item.input_audio_transcription.completed"] = (
         "conversation.item.input_audio_transcription.completed"
     )
@@ -138,46 +125,46 @@ class InputTranscriptionCompleted(_Wire):
     transcript: str
 
 
-class SpeechStarted(_Wire):
+class SpeechStarted(WireModel):
     type: Literal["input_audio_buffer.speech_started"] = "input_audio_buffer.speech_started"
     event_id: str = Field(default_factory=new_event_id)
     item_id: str
     audio_start_ms: int
 
 
-class SpeechStopped(_Wire):
+class SpeechStopped(WireModel):
     type: Literal["input_audio_buffer.speech_stopped"] = "input_audio_buffer.speech_stopped"
     event_id: str = Field(default_factory=new_event_id)
     item_id: str
     audio_end_ms: int
 
 
-class Usage(_Wire):
+class Usage(WireModel):
     input_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
 
 
-class ResponseInfo(_Wire):
+class ResponseInfo(WireModel):
     id: str | None = None
     status: str | None = None
     usage: Usage | None = None
 
 
-class ResponseDone(_Wire):
+class ResponseDone(WireModel):
     type: Literal["response.done"] = "response.done"
     event_id: str = Field(default_factory=new_event_id)
     response: ResponseInfo
 
 
-class RateLimit(_Wire):
+class RateLimit(WireModel):
     name: Literal["requests", "tokens"] | None = None
     limit: int | None = None
     remaining: int | None = None
     reset_seconds: float | None = None
 
 
-class RateLimitsUpdated(_Wire):
+class RateLimitsUpdated(WireModel):
     type: Literal["rate_limits.updated"] = "rate_limits.updated"
     event_id: str = Field(default_factory=new_event_id)
     rate_limits: list[RateLimit]

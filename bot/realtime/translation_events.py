@@ -22,7 +22,7 @@ def new_event_id(prefix: str = "event") -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
 
-class _Wire(BaseModel):
+class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     def to_json(self) -> str:
@@ -33,36 +33,36 @@ class _Wire(BaseModel):
 # --- session configuration ---------------------------------------------------------------------
 
 
-class NoiseReduction(_Wire):
+class NoiseReduction(WireModel):
     type: Literal["near_field", "far_field"]
     strength: float | None = None
 
 
-class Transcription(_Wire):
+class Transcription(WireModel):
     model: str
 
 
-class AudioInput(_Wire):
+class AudioInput(WireModel):
     noise_reduction: NoiseReduction | None = None
     transcription: Transcription | None = None
 
 
-class AudioOutput(_Wire):
+class AudioOutput(WireModel):
     language: str | None = None
 
 
-class AudioConfig(_Wire):
+class AudioConfig(WireModel):
     input: AudioInput | None = None
     output: AudioOutput | None = None
 
 
-class SessionUpdateRequest(_Wire):
+class SessionUpdateRequest(WireModel):
     """The only fields a translation session lets a client change."""
 
     audio: AudioConfig | None = None
 
 
-class TranslationSessionInfo(_Wire):
+class TranslationSessionInfo(WireModel):
     """The session object of `session.created` / `session.updated`."""
 
     id: str
@@ -75,19 +75,19 @@ class TranslationSessionInfo(_Wire):
 # --- client events -----------------------------------------------------------------------------
 
 
-class SessionUpdate(_Wire):
+class SessionUpdate(WireModel):
     type: Literal["session.update"] = "session.update"
     session: SessionUpdateRequest
     event_id: str | None = None
 
 
-class InputAudioBufferAppend(_Wire):
+class InputAudioBufferAppend(WireModel):
     type: Literal["session.input_audio_buffer.append"] = "session.input_audio_buffer.append"
     audio: str  # base64 pcm16 mono 24 kHz little-endian
     event_id: str | None = None
 
 
-class SessionClose(_Wire):
+class SessionClose(WireModel):
     type: Literal["session.close"] = "session.close"
     event_id: str | None = None
 
@@ -101,38 +101,38 @@ CLIENT_EVENT_TYPES = frozenset({"session.update", "session.input_audio_buffer.ap
 # --- server events -----------------------------------------------------------------------------
 
 
-class SessionCreated(_Wire):
+class SessionCreated(WireModel):
     type: Literal["session.created"] = "session.created"
     event_id: str = Field(default_factory=new_event_id)
     session: TranslationSessionInfo
 
 
-class SessionUpdated(_Wire):
+class SessionUpdated(WireModel):
     type: Literal["session.updated"] = "session.updated"
     event_id: str = Field(default_factory=new_event_id)
     session: TranslationSessionInfo
 
 
-class SessionClosed(_Wire):
+class SessionClosed(WireModel):
     type: Literal["session.closed"] = "session.closed"
     event_id: str = Field(default_factory=new_event_id)
 
 
-class InputTranscriptDelta(_Wire):
+class InputTranscriptDelta(WireModel):
     type: Literal["session.input_transcript.delta"] = "session.input_transcript.delta"
     event_id: str = Field(default_factory=new_event_id)
     delta: str
     elapsed_ms: int | None = None
 
 
-class OutputTranscriptDelta(_Wire):
+class OutputTranscriptDelta(WireModel):
     type: Literal["session.output_transcript.delta"] = "session.output_transcript.delta"
     event_id: str = Field(default_factory=new_event_id)
     delta: str
     elapsed_ms: int | None = None
 
 
-class OutputAudioDelta(_Wire):
+class OutputAudioDelta(WireModel):
     type: Literal["session.output_audio.delta"] = "session.output_audio.delta"
     event_id: str = Field(default_factory=new_event_id)
     delta: str  # base64 pcm16
@@ -142,7 +142,7 @@ class OutputAudioDelta(_Wire):
     elapsed_ms: int | None = None
 
 
-class ErrorDetail(_Wire):
+class ErrorDetail(WireModel):
     """OpenAI's error object; `code` is what Parley branches on (fatal vs. retryable)."""
 
     type: str
@@ -152,7 +152,7 @@ class ErrorDetail(_Wire):
     event_id: str | None = None
 
 
-class ErrorEvent(_Wire):
+class ErrorEvent(WireModel):
     type: Literal["error"] = "error"
     event_id: str = Field(default_factory=new_event_id)
     error: ErrorDetail

@@ -95,34 +95,19 @@ class SpeakerStream:
             self._play(*item)
 
     def _play(self, missing: int, payload: bytes) -> None:
-        if not payload:  # LOST: already counted
-            if self.active:
-                self._emit(self._decoder.conceal())
-                self._stats[STAT_PLC] += 1
+        if not payload:  # LOST (already counted): conceal it and any gap before it
+            self._conceal(missing + 1, None)
             return
         if payload == SILENCE_FRAME:
             self._done(Outcome.SILENCE)
             self._end_stream()
             return
+        if missing:
+            self._conceal(missing, payload)
         decoder = self._decoder
-        if missing and self.active:
-            if missing > self._max_conceal:
-                self._end_stream()
-            else:
-                for _ in range(missing - 1):
-                    self._emit(decoder.conceal())
-                    self._stats[STAT_PLC] += 1
-                if packet_has_silk(payload):
-                    self._emit(decoder.decode_fec(payload))
-                    self._stats[STAT_FEC] += 1
-                else:
-                    self._emit(decoder.conceal())
-                    self._stats[STAT_PLC] += 1
         pcm = decoder.decode(payload)
         if pcm is None:
-            if self.active:
-                self._emit(decoder.conceal())
-                self._stats[STAT_PLC] += 1
+            self._conceal(1, None)
             self._done(Outcome.OPUS_ERROR)
             return
         if not self.active:
@@ -130,6 +115,31 @@ class SpeakerStream:
             self._stats[STAT_STREAMS] += 1
         self._emit(pcm)
         self._done(Outcome.DECODED)
+
+    def _conceal(self, frames: int, next_packet: bytes | None) -> None:
+        """Fill ``frames`` lost frames: the last one from ``next_packet``'s FEC when it has any.
+
+        Nothing to conceal between talk spurts; a gap longer than ``max_conceal_frames`` ends the
+        stream instead (the consumer pads silence on its own clock).
+        """
+        if not self.active:
+            return
+        if frames > self._max_conceal:
+            self._end_stream()
+            return
+        decoder, stats = self._decoder, self._stats
+        fec = next_packet is not None and packet_has_silk(next_packet)
+        for _ in range(frames - 1 if fec else frames):
+            self._emit(decoder.conceal())
+            stats[STAT_PLC] += 1
+        if fec:
+            pcm = decoder.decode_fec(next_packet)  # type: ignore[arg-type]
+            if pcm is None:
+                pcm = decoder.conceal()
+                stats[STAT_PLC] += 1
+            else:
+                stats[STAT_FEC] += 1
+            self._emit(pcm)
 
     def _emit(self, pcm) -> None:
         if pcm is None:

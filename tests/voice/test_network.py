@@ -164,3 +164,39 @@ def test_one_broken_speaker_does_not_disturb_another(make_receiver, sink, speech
     assert c["outcomes"]["internal_error"] == 1  # then the speaker was rebuilt and recovered
     assert c["outcomes"]["decoded"] == 2 * len(dg) - 1
     assert similarity(speech, pcm(sink, 1))["snr_db"] >= 10
+
+
+class FailNth:
+    """E2EE stand-in that fails the n-th frame it sees (0-based) and passes the others through."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+        self.calls += 1
+        return None if self.calls - 1 == self.n else frame
+
+
+def test_loss_followed_by_undecryptable_frame_conceals_both(make_receiver, sink, speech):
+    datagrams = DiscordPeer(ssrc=50).send_pcm(to_stereo_bytes(speech[:48000]))
+    receiver = make_receiver(dave=FailNth(10))  # after dropping #10, the 11th frame seen is #11
+    speaking(receiver, 1, 50)
+    t = feed_all(receiver, datagrams[:10] + datagrams[11:])
+    receiver.tick(t + 1)
+    c = assert_accounted(receiver)
+    assert c["outcomes"]["dave_failed"] == 1 and c["outcomes"]["decoded"] == 48
+    assert c["frames"]["frames_plc"] == 2 and c["frames"]["frames_fec"] == 0
+    assert 49 <= len(sink.frames[1]) <= 51  # 50 frames of timing kept
+
+
+def test_corrupt_opus_is_concealed(make_receiver, sink, speech):
+    peer = DiscordPeer(ssrc=51)
+    datagrams = peer.send_pcm(to_stereo_bytes(speech[:19200]))
+    bad = DiscordPeer(ssrc=51, sequence=10, timestamp=9600).send_opus(b"\xff")  # code 3, no count byte
+    receiver = make_receiver()
+    speaking(receiver, 1, 51)
+    feed_all(receiver, [*datagrams[:10], bad, *datagrams[11:]])
+    receiver.flush()
+    c = assert_accounted(receiver)
+    assert c["outcomes"]["opus_error"] == 1 and c["outcomes"]["decoded"] == 19
+    assert c["frames"]["frames_plc"] == 1

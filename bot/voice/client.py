@@ -10,7 +10,9 @@ discord.py 2.7.1 has no receive API; it does expose the two seams used here: a v
 (``VoiceConnectionState(..., hook=)``, called as ``hook(ws, msg)`` after discord.py has processed the
 message) and raw UDP listeners (``VoiceConnectionState.add_socket_listener``, called on its
 socket-reader thread). The DAVE session is read from ``_connection.dave_session`` on every frame
-because discord.py replaces it on transitions.
+because discord.py replaces it on transitions. It is used from the receive thread while discord.py
+may be processing an MLS commit on the event loop; davey then refuses the concurrent borrow with an
+exception, which counts that one frame as ``dave_failed`` (concealed) instead of racing.
 """
 
 from __future__ import annotations

@@ -51,6 +51,8 @@ def replay(path: Path, out_dir: Path, config: VoiceConfig | None = None) -> tupl
     receiver.set_key(header.mode, header.secret_key)
     next_tick = TICK
     for record in records:
+        if record.t - next_tick > 10.0:  # a long pause (or a bogus time): one tick covers it
+            sink.now = next_tick = record.t
         while record.t >= next_tick:
             sink.now = next_tick
             receiver.tick(next_tick)

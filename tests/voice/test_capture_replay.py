@@ -168,3 +168,14 @@ def test_python_m_bot_replay_subcommand(tmp_path, speech):
     bad = subprocess.run([sys.executable, "-m", "bot", "replay", __file__, "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "not a Parley capture" in bad.stderr
+
+
+def test_bogus_record_times_do_not_hang(tmp_path, capsys):
+    path = tmp_path / "t.jsonl"
+    w = CaptureWriter(path)
+    w.start(XCHACHA, SECRET_KEY)
+    w.datagram(1e12, b"\x00\x02" + bytes(70))
+    w.datagram(5.0, b"\x00\x02" + bytes(70))
+    w.close()
+    counters, _ = replay.replay(path, tmp_path / "o")
+    assert counters["outcomes"]["not_rtp"] == 2

@@ -56,7 +56,8 @@ class ListeningVoiceClient(discord.VoiceClient):
             path = capture_path(config.capture_dir, channel.guild.id, channel.id)
             capture = CaptureWriter(path, members)
             _log.info("voice capture: writing %s", path)
-        receiver = VoiceReceiver(self._sink, config, dave=DaveDecryptor(self._dave_session))
+        dave = DaveDecryptor(self._dave_session, e2ee_required=self._e2ee_required)
+        receiver = VoiceReceiver(self._sink, config, dave=dave)
         self.receive = ReceiveWorker(receiver, capture=capture, after_burst=self._sink.flush)
         self.receive.start()
 
@@ -70,6 +71,9 @@ class ListeningVoiceClient(discord.VoiceClient):
 
     def _dave_session(self) -> Any:
         return self._connection.dave_session
+
+    def _e2ee_required(self) -> bool:
+        return self._connection.dave_protocol_version > 0
 
     async def _voice_ws_hook(self, ws: Any, msg: dict[str, Any]) -> None:
         """Forward the events the receiver needs (4: key, 5/12: SSRC map, 11/13: join/leave)."""

@@ -30,20 +30,33 @@ def looks_dave(frame: bytes) -> bool:
 
 
 class DaveDecryptor:
-    """Turns a transport-decrypted frame into a plain Opus frame, or ``None`` (count and drop)."""
+    """Turns a transport-decrypted frame into a plain Opus frame, or ``None`` (count and drop).
 
-    __slots__ = ("_provider",)
+    Rules, in order:
+    1. with a session, davey decides (it decrypts, or passes plain frames through while discord.py
+       has put it in passthrough mode for a transition);
+    2. if that fails and the connection requires E2EE (DAVE protocol version > 0), the frame is dropped:
+       plain audio is not accepted in an end-to-end encrypted call outside davey's passthrough;
+    3. otherwise (no session, or E2EE off, e.g. after a downgrade, where davey has no decryptor for
+       members who joined since) a plain frame passes and a DAVE-looking frame is dropped, since it
+       cannot be decrypted (a replay has no MLS secrets).
+    """
 
-    def __init__(self, provider: SessionProvider | None = None) -> None:
+    __slots__ = ("_provider", "_required")
+
+    def __init__(
+        self, provider: SessionProvider | None = None, e2ee_required: Callable[[], bool] | None = None
+    ) -> None:
         self._provider = provider
+        self._required = e2ee_required
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
         session = self._provider() if self._provider is not None else None
-        if session is None:
-            # No E2EE session: live, the call is not end-to-end encrypted and frames are plain Opus;
-            # in a replay, frames carrying the DAVE trailer cannot be decrypted without MLS secrets.
-            return None if self._provider is None and looks_dave(frame) else frame
-        try:
-            return session.decrypt(user_id, _AUDIO, frame)
-        except Exception:  # ValueError from davey; RuntimeError if discord.py is mid-transition
+        if session is not None:
+            try:
+                return session.decrypt(user_id, _AUDIO, frame)
+            except Exception:  # ValueError from davey; RuntimeError if discord.py is mid-transition
+                pass
+        if self._required is not None and self._required():
             return None
+        return None if looks_dave(frame) else frame

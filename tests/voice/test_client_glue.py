@@ -94,6 +94,7 @@ async def test_udp_to_frames_with_dave_through_discord_py_reader(voice_client, s
     group = make_group([ALICE, BOT], channel_id=7777)
     await dispatch(vc, 4, {"mode": XCHACHA, "secret_key": list(SECRET_KEY), "dave_protocol_version": 0})
     vc._connection.dave_session = group[BOT]  # as after discord.py's MLS handshake (ops 25-30)
+    vc._connection.dave_protocol_version = 1
     await vc.connect(reconnect=False, timeout=1.0)
     assert vc.receive.feed_datagram in vc._connection._socket_reader._callbacks
     peer = DiscordPeer(ssrc=1111, dave_session=group[ALICE])

@@ -60,7 +60,7 @@ def test_wrong_user_or_undecryptable_frames_are_counted_and_concealed(make_recei
     assert c["frames"]["frames_plc"] == 3  # timing kept by concealment
     assert len(sink.frames[ALICE]) in range(49, 52)
     # the same stream attributed to another member cannot be decrypted
-    other = make_receiver(dave=DaveDecryptor(lambda: group[BOT]))
+    other = make_receiver(dave=DaveDecryptor(lambda: group[BOT], e2ee_required=lambda: True))
     speaking(other, 333, 901)
     feed_all(other, datagrams)
     other.flush()
@@ -70,13 +70,13 @@ def test_wrong_user_or_undecryptable_frames_are_counted_and_concealed(make_recei
 def test_passthrough_frames_during_transition(make_receiver, sink, speech, group):
     plain_peer = DiscordPeer(ssrc=902)  # a member whose client has not switched to E2EE yet
     datagrams = plain_peer.send_pcm(to_stereo_bytes(speech[:48000]))
-    strict = make_receiver(dave=DaveDecryptor(lambda: group[BOT]))
+    strict = make_receiver(dave=DaveDecryptor(lambda: group[BOT], e2ee_required=lambda: True))
     speaking(strict, ALICE, 902)
     feed_all(strict, datagrams)
     strict.flush()
     assert assert_accounted(strict)["outcomes"]["dave_failed"] == len(datagrams)
     group[BOT].set_passthrough_mode(True, 10)  # what discord.py does on a downgrade/transition
-    lenient = make_receiver(dave=DaveDecryptor(lambda: group[BOT]))
+    lenient = make_receiver(dave=DaveDecryptor(lambda: group[BOT], e2ee_required=lambda: True))
     speaking(lenient, ALICE, 902)
     feed_all(lenient, datagrams)
     lenient.flush()
@@ -114,3 +114,28 @@ def test_session_replaced_mid_stream_is_followed(make_receiver, sink, speech):
     c = assert_accounted(receiver)
     assert c["outcomes"]["decoded"] == 40 and c["outcomes"]["dave_failed"] == 0
 
+
+
+def test_downgrade_to_no_e2ee_accepts_plain_audio_from_members_davey_never_knew(make_receiver, sink, speech, group):
+    """After a downgrade discord.py resets the session and enables passthrough, but davey still has
+    no decryptor for members who joined later (NoDecryptorForUser): their plain frames must play."""
+    session = group[BOT]
+    session.reset()
+    session.set_passthrough_mode(True, 10)
+    version = {"v": 0}
+    dave = DaveDecryptor(lambda: session, e2ee_required=lambda: version["v"] > 0)
+    newcomer = DiscordPeer(ssrc=906)
+    receiver = make_receiver(dave=dave)
+    speaking(receiver, 999, 906)
+    feed_all(receiver, newcomer.send_pcm(to_stereo_bytes(speech[:19200])))
+    late_dave = group[ALICE].encrypt_opus(b"\xfc" + bytes(30))  # a frame still E2EE-encrypted
+    feed_all(receiver, [newcomer.send_opus(late_dave)], t0=1)
+    receiver.flush()
+    c = assert_accounted(receiver)
+    assert c["outcomes"]["decoded"] == 20 and c["outcomes"]["dave_failed"] == 1
+    version["v"] = 1  # E2EE on again: plain frames from an unknown decryptor are refused
+    strict = make_receiver(dave=dave)
+    speaking(strict, 999, 906)
+    feed_all(strict, newcomer.send_pcm(to_stereo_bytes(speech[:9600])))
+    strict.flush()
+    assert assert_accounted(strict)["outcomes"]["dave_failed"] == 10

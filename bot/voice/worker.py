@@ -91,7 +91,8 @@ class ReceiveWorker:
         self._clock = clock
         self._t0 = clock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._snapshot: dict[str, Any] = receiver.counters()
+        self._snapshot_at = 0.0
         self._thread = threading.Thread(target=self._run, name="parley-voice-receive", daemon=True)
 
     def start(self) -> None:
@@ -116,9 +117,12 @@ class ReceiveWorker:
                 self._thread.join(timeout)
 
     def counters(self) -> dict[str, Any]:
-        """The receiver's counters plus ``overflow`` (safe from any thread)."""
-        with self._lock:
-            counters = self.receiver.counters()
+        """The receiver's counters plus ``overflow``; from any thread, never waits.
+
+        A snapshot the worker publishes at most every 20 ms (and when it stops), so it can lag
+        the receiver by one tick.
+        """
+        counters = dict(self._snapshot)
         counters["overflow"] = self.overflow
         return counters
 
@@ -134,20 +138,22 @@ class ReceiveWorker:
                     burst.append(q.get_nowait())
             except queue.Empty:
                 pass
-            with self._lock:
-                for item in burst:
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    self._handle(item)
-                now = self._clock()
-                if now >= next_tick and not stopping:
-                    self._guard(self.receiver.tick, now)
-                    next_tick = now + TICK_SECONDS
-                if stopping:
-                    self._guard(self.receiver.close)
-                    if self.capture is not None:
-                        self._guard(self.capture.close)
+            for item in burst:
+                if item is _STOP:
+                    stopping = True
+                    break
+                self._handle(item)
+            now = self._clock()
+            if now >= next_tick and not stopping:
+                self._guard(self.receiver.tick, now)
+                next_tick = now + TICK_SECONDS
+            if stopping:
+                self._guard(self.receiver.close)
+                if self.capture is not None:
+                    self._guard(self.capture.close)
+            if stopping or now - self._snapshot_at >= TICK_SECONDS:
+                self._snapshot = self.receiver.counters()  # one reference swap: atomic for readers
+                self._snapshot_at = now
             if after_burst is not None:
                 self._guard(after_burst)
 

@@ -111,6 +111,7 @@ async def test_udp_to_frames_with_dave_through_discord_py_reader(voice_client, s
         await asyncio.sleep(0.001)
     tx.close()
     pcm = await collect(vc, ALICE)
+    await asyncio.sleep(0.1)  # counters are a snapshot published every 20 ms
     counters = vc.receive_counters
     assert counters["outcomes"]["decoded"] == len(datagrams) - 1, counters
     assert counters["outcomes"]["dave_failed"] == 0

@@ -15,7 +15,7 @@ import soxr
 from bot.localrt.engines.asr import ASR_RATE, EngineError
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.segmenter import Segmenter, Step
-from bot.localrt.transcript import StableText, join_delta
+from bot.localrt.transcript import StableText, agreed_prefix, join_delta
 from bot.realtime.translation_events import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ class Interpreter:
 
     def _partial(self) -> list[Output]:
         try:
-            hyp = self._engines.asr.transcribe(self._segment_audio(), prefix=self._text.text or None)
+            # no prefix here: a forced prefix makes whisper repeat itself; agreement does the rest
+            hyp = self._engines.asr.transcribe(self._segment_audio())
         except EngineError as exc:
             return [Failure("asr_failed", str(exc))]
         words = self._text.update(hyp.text)
@@ -151,7 +152,10 @@ class Interpreter:
             return []
         out: list[Output] = []
         try:
-            hyp = self._engines.asr.transcribe(audio, prefix=text.text or None)
+            hyp = self._engines.asr.transcribe(audio)
+            if agreed_prefix(text.committed, hyp.text.split()) < len(text.committed):
+                # the final decode contradicts text already sent: decode again continuing that text
+                hyp = self._engines.asr.transcribe(audio, prefix=text.text)
         except EngineError as exc:
             return [Failure("asr_failed", str(exc))]
         words = text.finish(hyp.text)

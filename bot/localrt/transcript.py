@@ -60,6 +60,19 @@ class StableText:
         return new
 
 
+def cut_repeat(prefix: list[str], continuation: list[str]) -> list[str]:
+    """Drop a continuation that starts over: decoders forced to continue a complete sentence tend to
+    say it again (`…please. I would like…`). The cut happens where the prefix's opening recurs."""
+    head = [_norm(w) for w in prefix[:3]]
+    if not head:
+        return continuation
+    normed = [_norm(w) for w in continuation]
+    for i in range(len(normed) - len(head) + 1):
+        if normed[i : i + len(head)] == head:
+            return continuation[:i]
+    return continuation
+
+
 def join_delta(words: list[str], first: bool) -> str:
     """Words as one append-only delta: a leading space unless this is the very first text."""
     if not words:

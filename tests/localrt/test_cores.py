@@ -156,3 +156,13 @@ def test_config_forbids_unknown_keys_and_reads_key_from_env(monkeypatch):
     assert cfg.api_key() is None and cfg.url == "ws://127.0.0.1:9000"
     monkeypatch.setenv("MY_KEY", "s3cret")
     assert cfg.api_key() == "s3cret"
+
+
+def test_cut_repeat_drops_a_restarted_sentence():
+    from bot.localrt.transcript import cut_repeat
+
+    prefix = ["I", "would", "like", "a", "cup", "of", "coffee,", "please."]
+    assert cut_repeat(prefix, ["I", "would", "like", "a", "cup"]) == []
+    assert cut_repeat(prefix, ["and", "tea.", "i", "would", "like"]) == ["and", "tea."]
+    assert cut_repeat(prefix, ["and", "tea."]) == ["and", "tea."]
+    assert cut_repeat([], ["x"]) == ["x"]

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from bot.localrt.config import ASRConfig
+from bot.localrt.transcript import cut_repeat
 
 ASR_RATE = 16_000
 
@@ -102,8 +103,10 @@ class WhisperRecognizer:
         )
         text = "".join(s.text for s in segments).strip()
         if prefix:
-            # faster-whisper returns the prefix as part of the text; keep the contract "whole segment".
-            text = text if text.startswith(prefix.strip()) else f"{prefix.strip()} {text}".strip()
+            # faster-whisper returns the prefix as part of the text (or nothing when it heard no speech)
+            head = prefix.strip()
+            rest = text[len(head) :] if text.startswith(head) else text
+            text = " ".join([head, *cut_repeat(head.split(), rest.split())])
         return Transcript(text=text, language=self._language or info.language)
 
 

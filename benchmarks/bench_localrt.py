@@ -1,0 +1,170 @@
+"""bot.localrt end to end: real-time factor, ear-voice span and ASR word error rate on 2 cores.
+
+Speech is synthesized here (espeak-ng, 12 English sentences), sent to an in-process server over a
+real websocket, translated to Spanish. Three runs:
+  1. RTF: all audio appended as fast as possible; processing wall time / audio time.
+  2. Ear-voice span: audio paced in real time (200 ms every 200 ms); for each sentence, the time from
+     sending its last spoken frame to receiving its first translated audio. Median and p90.
+  3. WER of the source transcript against the sentences spoken (jiwer, case and punctuation ignored).
+Run: .venv/bin/python benchmarks/bench_localrt.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from websockets.asyncio.client import connect
+
+from bot.localrt.config import LocalRTConfig
+from bot.localrt.engines.bundle import Engines
+from bot.localrt.server import LocalRTServer
+
+RATE = 24_000
+FRAME = 9600
+GAP_S = 1.2
+SENTENCES = [
+    "Where is the train station?",
+    "My brother lives in a big house.",
+    "We are going to the beach tomorrow.",
+    "The children are playing in the park.",
+    "I would like a cup of coffee, please.",
+    "The weather is very nice today.",
+    "She reads a book every night.",
+    "Can you help me find my keys?",
+    "The red car is parked outside.",
+    "We need to buy bread and milk.",
+    "My friend works at the hospital.",
+    "The museum opens at nine in the morning.",
+]
+
+
+def speak(text: str) -> bytes:
+    wav = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "130", "--stdout", text], capture_output=True, check=True
+    ).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    return soxr.resample(pcm, rate, RATE).astype("<i2").tobytes()
+
+
+def build_audio() -> tuple[bytes, list[int]]:
+    """All sentences with gaps, frame-aligned; and the frame index where each sentence's speech ends."""
+    audio = bytearray(bytes(int(RATE * 0.4) * 2))
+    ends = []
+    for s in SENTENCES:
+        audio += speak(s)
+        ends.append(-(-len(audio) // FRAME))  # first frame boundary after the speech
+        audio += bytes(int(RATE * GAP_S) * 2)
+    audio += bytes(-len(audio) % FRAME)
+    return bytes(audio), ends
+
+
+def append(chunk: bytes) -> str:
+    return json.dumps({"type": "session.input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+
+
+async def session(url: str, audio: bytes, paced: bool) -> tuple[list[tuple[float, dict]], list[float], float]:
+    """Send audio (paced or not); return (receive time, event) pairs, frame send times, t0."""
+    events: list[tuple[float, dict]] = []
+    sent: list[float] = []
+    async with connect(f"{url}/v1/realtime/translations?model=gpt-realtime-translate", max_size=None) as ws:
+        json.loads(await ws.recv())
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "audio": {"output": {"language": "es"}, "input": {"transcription": {"model": "local"}}}
+                    },
+                }
+            )
+        )
+
+        async def reader() -> None:
+            async for raw in ws:
+                event = json.loads(raw)
+                events.append((time.perf_counter(), event))
+                if event["type"] == "session.closed":
+                    return
+
+        task = asyncio.create_task(reader())
+        t0 = time.perf_counter()
+        for i in range(0, len(audio), FRAME):
+            if paced:
+                await asyncio.sleep(max(0.0, t0 + len(sent) * 0.2 - time.perf_counter()))
+            await ws.send(append(audio[i : i + FRAME]))
+            sent.append(time.perf_counter())
+        await ws.send(json.dumps({"type": "session.close"}))
+        await task
+    return events, sent, t0
+
+
+def norm(text: str) -> str:
+    """Lowercase words without punctuation: WER counts words, not commas."""
+    return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
+
+
+async def main() -> None:
+    import jiwer
+
+    cfg = LocalRTConfig(port=0)
+    t = time.perf_counter()
+    engines = Engines.load(cfg)
+    print(f"engines loaded in {time.perf_counter() - t:.1f} s; cores: {os.cpu_count()}")
+    audio, ends = build_audio()
+    audio_s = len(audio) / (2 * RATE)
+    async with LocalRTServer(cfg, engines) as server:
+        await session(server.url, audio[: FRAME * 20], paced=False)  # warm-up
+
+        # 1. real-time factor
+        events, sent, t0 = await session(server.url, audio, paced=False)
+        wall = events[-1][0] - t0
+        print(f"\naudio {audio_s:.1f} s, {len(SENTENCES)} sentences")
+        print(f"RTF (one session, unpaced): {wall / audio_s:.3f}  ({wall:.1f} s wall)")
+        both = await asyncio.gather(*(session(server.url, audio, paced=False) for _ in range(2)))
+        wall2 = max(ev[-1][0] - t0_ for ev, _, t0_ in both)
+        print(f"RTF (two sessions at once): {wall2 / audio_s:.3f} per session stream")
+
+        # 2. ear-voice span, real-time pacing
+        events, sent, t0 = await session(server.url, audio, paced=True)
+    audio_events = [(ts, e) for ts, e in events if e["type"] == "session.output_audio.delta"]
+    spans = []
+    for end_frame in ends:
+        end_ms = end_frame * 200
+        first = next((ts for ts, e in audio_events if e["elapsed_ms"] >= end_ms), None)
+        if first is not None:
+            spans.append(first - sent[end_frame - 1])
+    spans.sort()
+    p90 = spans[min(len(spans) - 1, round(0.9 * (len(spans) - 1)))]
+    print(
+        f"ear-voice span over {len(spans)}/{len(ends)} sentences: median {statistics.median(spans):.2f} s, "
+        f"p90 {p90:.2f} s, min {spans[0]:.2f} s, max {spans[-1]:.2f} s"
+    )
+
+    # 3. WER of the source transcript
+    hyp = "".join(e["delta"] for _, e in events if e["type"] == "session.input_transcript.delta")
+    ref = " ".join(SENTENCES)
+    print(f"ASR WER: {jiwer.wer(norm(ref), norm(hyp)):.3f}")
+    out = "".join(e["delta"] for _, e in events if e["type"] == "session.output_transcript.delta")
+    print(f"source: {hyp.strip()}\ntarget: {out.strip()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,143 @@
+"""The per-session pipeline with scripted engines: segmentation, append-only text, timing, outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bot.localrt.config import LocalRTConfig
+from bot.localrt.engines.asr import Transcript
+from bot.localrt.engines.bundle import Engines
+from bot.localrt.engines.mt import RoutedTranslator
+from bot.localrt.interpreter import Failure, Interpreter, Settings, SourceText, TargetAudio, TargetText
+
+FRAME = 9600
+
+
+class LoudVAD:
+    """Speech = loud frame: lets a test draw segments with amplitudes."""
+
+    def speech_probability(self, audio: np.ndarray) -> float:
+        return float(np.abs(audio).max() > 0.1)
+
+
+class ScriptedASR:
+    languages = frozenset({"en"})
+
+    def __init__(self, script) -> None:
+        self.script = script  # (seconds of audio, prefix) -> text
+        self.calls: list[tuple[float, str | None]] = []
+
+    def transcribe(self, audio, prefix=None):
+        self.calls.append((round(len(audio) / 16000, 1), prefix))
+        return Transcript(self.script(len(audio) / 16000, prefix), "en")
+
+
+class UpperMT:
+    def pairs(self):
+        return {("en", "xx"): "upper"}
+
+    def translate(self, text, source, target):
+        return text.upper()
+
+
+class BeepTTS:
+    def voices(self):
+        return {"xx": "beep", "en": "beep"}
+
+    def synthesize(self, text, language):
+        return np.full(24_000 * len(text.split()) // 4, 1000, dtype=np.int16)  # 250 ms per word
+
+
+class ScriptedEngines(Engines):
+    def new_vad(self):
+        return LoudVAD()
+
+
+def make(script, **cfg) -> tuple[Interpreter, ScriptedASR]:
+    asr = ScriptedASR(script)
+    config = LocalRTConfig.model_validate({"vad": {"min_silence_ms": 400, "pre_roll_ms": 200, **cfg}})
+    engines = ScriptedEngines(config=config, asr=asr, mt=RoutedTranslator(UpperMT()), tts=BeepTTS())
+    return Interpreter(engines), asr
+
+
+def frames(pattern: str) -> list[bytes]:
+    """'s' = a loud (speech) frame, '.' = a silent one."""
+    loud = (np.ones(FRAME // 2) * 8000).astype("<i2").tobytes()
+    return [loud if c == "s" else bytes(FRAME) for c in pattern]
+
+
+def run(interp, pattern, settings):
+    out = []
+    for f in frames(pattern):
+        out += interp.process([f], settings)
+    return out
+
+
+def test_partials_then_final_are_append_only_and_timed():
+    def script(seconds, prefix):
+        if seconds < 1.5:
+            return "hello there"
+        return "hello there my friend" if seconds < 3.5 else "hello there my friend today."
+
+    interp, asr = make(script)
+    # partial decodes at 1.4 s, 2.4 s, 3.4 s of segment audio; the final one after 400 ms of silence
+    out = run(interp, "." + "s" * 17 + "...", Settings("xx", transcribe=True))
+    source = [o for o in out if isinstance(o, SourceText)]
+    assert [s.delta for s in source] == ["hello there", " my friend", " today."]
+    assert all(s.elapsed_ms % 200 == 0 for s in source)
+    assert [s.elapsed_ms for s in source] == sorted(s.elapsed_ms for s in source)
+    text = [o for o in out if isinstance(o, TargetText)]
+    assert [t.delta for t in text] == ["HELLO THERE MY FRIEND TODAY."]
+    # the frame where 400 ms of silence closed the segment (one later: the resampler's few ms of delay)
+    assert text[0].elapsed_ms in (20 * 200, 21 * 200)
+    audio = [o for o in out if isinstance(o, TargetAudio)]
+    assert sum(len(a.pcm) for a in audio) == 24_000 * 5 // 4 * 2
+    assert all(len(a.pcm) <= FRAME for a in audio) and all(a.elapsed_ms == text[0].elapsed_ms for a in audio)
+    assert all(prefix is None for _, prefix in asr.calls)  # agreement held: no re-decode needed
+
+
+def test_a_contradicting_final_decode_continues_the_sent_text():
+    def script(seconds, prefix):
+        if prefix:
+            return f"{prefix} jumps."
+        return "the quick brown fox" if seconds < 2.5 else "a quick brown box jumps."
+
+    interp, asr = make(script)
+    out = run(interp, "s" * 12 + "...", Settings("xx", transcribe=True))
+    src = "".join(o.delta for o in out if isinstance(o, SourceText))
+    assert src == "the quick brown fox jumps."
+    assert asr.calls[-1][1] == "the quick brown fox"
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["THE QUICK BROWN FOX JUMPS."]
+
+
+def test_no_transcription_means_no_partials_and_no_source_text():
+    interp, asr = make(lambda s, p: "one two three")
+    out = run(interp, "s" * 12 + "...", Settings("xx", transcribe=False))
+    assert not [o for o in out if isinstance(o, SourceText)]
+    assert len(asr.calls) == 1  # only the final decode
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["ONE TWO THREE"]
+
+
+def test_second_segment_delta_starts_with_a_space_and_language_is_per_call():
+    interp, _ = make(lambda s, p: "hi")
+    out = run(interp, "sss...", Settings("xx", transcribe=False))
+    out += run(interp, "sss...", Settings("en", transcribe=False))
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["HI", " hi"]
+
+
+def test_finish_flushes_an_open_segment_and_noise_blips_are_dropped():
+    interp, asr = make(lambda s, p: "bye", min_speech_ms=600)
+    out = run(interp, "s...", Settings("xx", transcribe=False))  # 200 ms blip: dropped, not decoded
+    assert out == [] and asr.calls == []
+    out = run(interp, "sssss", Settings("xx", transcribe=False))
+    assert not [o for o in out if isinstance(o, TargetText)]
+    out = interp.finish(Settings("xx", transcribe=False))
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["BYE"]
+
+
+def test_unroutable_language_is_a_failure_not_a_crash():
+    interp, _ = make(lambda s, p: "hello")
+    out = run(interp, "sss...", Settings("de", transcribe=False))
+    assert [type(o) for o in out] == [Failure] and out[0].code == "unsupported_language"
+    out = run(interp, "sss...", Settings("xx", transcribe=False))
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["HELLO"]

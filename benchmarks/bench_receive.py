@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import davey
 import numpy as np
 from discord import opus
 
@@ -82,6 +83,34 @@ def floor_mono(frames: list[bytes]) -> float:
     return (time.process_time() - t0) / len(frames)
 
 
+def per_call(fn, items) -> float:
+    t0 = time.process_time()
+    for x in items:
+        fn(x)
+    return (time.process_time() - t0) / len(items)
+
+
+def stages(datagrams: list[bytes], session, raw: list[bytes]) -> dict[str, float]:
+    """Each stage alone on the same packets (µs), to show where the path's overhead goes."""
+    from bot.audio.resample import Downsampler
+    from bot.voice.rtp import parse_rtp
+    from bot.voice.transport import TransportDecryptor
+
+    transport = TransportDecryptor(XCHACHA, SECRET_KEY)
+    headers = [parse_rtp(d) for d in datagrams]
+    sealed = [transport.decrypt(d, h) for d, h in zip(datagrams, headers, strict=True)]
+    dec = OpusDecoder(1)
+    pcm = [dec.decode(f) for f in raw]
+    ds = Downsampler()
+    return {
+        "rtp parse": per_call(parse_rtp, datagrams),
+        "xchacha20 open": per_call(lambda p: transport.decrypt(*p), list(zip(datagrams, headers, strict=True))),
+        "dave decrypt": per_call(lambda f: session.decrypt(1001, davey.MediaType.audio, f), sealed),
+        "opus decode mono": per_call(OpusDecoder(1).decode, raw),
+        "soxr + framing": per_call(ds.push, pcm),
+    }
+
+
 def main() -> int:
     pcm = to_stereo_bytes(speech_like(FRAMES / 50))
     group = make_group([1001, 2002])
@@ -89,6 +118,7 @@ def main() -> int:
     raw = [enc.encode(pcm[i : i + 3840], 960) for i in range(0, len(pcm), 3840)]
     results = []
     sizes = 0.0
+    breakdown: dict[str, float] = {}
     for rep in range(REPEATS):
         # DAVE rejects replayed frames, so every repetition gets freshly encrypted datagrams.
         peer = DiscordPeer(ssrc=4242, dave_session=group[1001], sequence=rep * 7000)
@@ -109,6 +139,9 @@ def main() -> int:
             print(f"unexpected outcomes: {counts}", file=sys.stderr)
             return 1
         results.append((floor_stereo(raw), floor_mono(raw), path))
+    # stage breakdown on one more fresh stream (DAVE frames cannot be decrypted twice)
+    peer = DiscordPeer(ssrc=4242, dave_session=group[1001], sequence=50000)
+    breakdown = stages(peer.send_pcm(pcm), group[2002], raw)
     a = min(r[0] for r in results)
     b = min(r[1] for r in results)
     p = min(r[2] for r in results)
@@ -117,6 +150,8 @@ def main() -> int:
     print(f"floor A  libopus decode 48 kHz stereo int16 : {a * 1e6:7.1f} µs/frame")
     print(f"floor B  libopus decode 48 kHz mono float   : {b * 1e6:7.1f} µs/frame")
     print(f"receive path (parse+AEAD+DAVE+jitter+decode+soxr+framing): {p * 1e6:7.1f} µs/packet")
+    for name, cost in breakdown.items():
+        print(f"    {name:18s} {cost * 1e6:6.1f} µs")
     print(f"ratio to floor A: {p / a:.2f}x   (goal <= 1.5x)")
     print(f"ratio to floor B: {p / b:.2f}x")
     print(f"speakers per core: {1.0 / per_speaker:.0f}   (goal >= 200; floor A alone: {1.0 / (a * 50):.0f})")

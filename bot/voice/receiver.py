@@ -92,6 +92,8 @@ class VoiceReceiver:
                 self.set_key(d["mode"], d["secret_key"])
         except (KeyError, TypeError, ValueError, AttributeError):
             _log.debug("voice receive: ignoring malformed op %s payload", op)
+        except Exception:  # e.g. libopus missing when a speaker is created: log, never raise
+            _log.exception("voice receive: op %s failed", op)
 
     def _mark_video(self, ssrc: int) -> None:
         if ssrc and ssrc not in self._by_ssrc:

@@ -3,6 +3,9 @@
 In-order packets are released at once (no added latency); a gap holds later packets until the
 missing one arrives or more than ``depth`` packets are waiting, then the gap is declared lost.
 Sequence numbers are unwrapped to an ever-growing counter so 65535 → 0 is just the next packet.
+Ordering survives pauses (senders keep counting across talk spurts, so the first packets of a new
+spurt are reordered like any others); a jump of more than ``RESYNC`` packets while nothing is
+buffered is a new sequence (sender restart), not a loss, and is followed at once.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 ACCEPTED = 0
 DUPLICATE = 1
 LATE = 2
+RESYNC = 250  # packets (5 s): farther than any loss worth concealing or waiting for
 _HISTORY = 64
 _HISTORY_MASK = (1 << _HISTORY) - 1
 
@@ -35,6 +39,10 @@ class JitterBuffer:
             self._next = nxt = sequence + 65536  # room below for reordered predecessors' arithmetic
             return ACCEPTED, nxt
         ext = nxt + ((sequence - nxt + 32768) & 0xFFFF) - 32768
+        if not self._slots and (ext - nxt > RESYNC or nxt - ext > RESYNC):
+            self._next = ext
+            self._played = 0
+            return ACCEPTED, ext
         if ext < nxt:
             back = nxt - 1 - ext
             if back < _HISTORY and (self._played >> back) & 1:
@@ -69,9 +77,3 @@ class JitterBuffer:
         self._next = first + 1
         self._played = ((self._played << (missing + 1)) | 1) & _HISTORY_MASK
         return missing, slots.pop(first)
-
-    def restart(self) -> None:
-        """Forget ordering (new talk spurt): the next packet starts a fresh sequence."""
-        if not self._slots:
-            self._next = None
-            self._played = 0

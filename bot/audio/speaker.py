@@ -161,7 +161,6 @@ class SpeakerStream:
             sink.on_frame(uid, f)
         self._stats[STAT_OUT] += len(frames)
         self._decoder.reset()
-        self._jitter.restart()
         sink.on_stream_end(uid)
 
     def tick(self, now: float, hold: float, timeout: float) -> None:

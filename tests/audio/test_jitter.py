@@ -81,3 +81,15 @@ def test_force_releases_across_gaps():
     push(jb, 4)
     assert drain(jb) == []
     assert drain(jb, force=True) == [(2, 4)]
+
+
+def test_far_jump_with_empty_buffer_is_a_new_sequence_not_a_loss():
+    jb = JitterBuffer(depth=3)
+    push(jb, 1000)
+    drain(jb)
+    assert push(jb, 1000 - 300) == ACCEPTED  # sender restarted lower: not "late" forever
+    assert drain(jb) == [(0, 700)]
+    assert push(jb, 40000) == ACCEPTED  # far ahead: followed at once, not held for depth
+    assert drain(jb) == [(0, 40000)]
+    assert push(jb, 40001 + 100) == ACCEPTED  # a real (short) gap still waits for reordering
+    assert drain(jb) == []

@@ -200,3 +200,22 @@ def test_corrupt_opus_is_concealed(make_receiver, sink, speech):
     c = assert_accounted(receiver)
     assert c["outcomes"]["opus_error"] == 1 and c["outcomes"]["decoded"] == 19
     assert c["frames"]["frames_plc"] == 1
+
+
+def test_first_packets_of_a_new_talk_spurt_may_arrive_reordered(make_receiver, sink, speech):
+    from bot.audio.opus import SILENCE_FRAME
+
+    peer = DiscordPeer(ssrc=60)
+    first = peer.send_pcm(to_stereo_bytes(speech[:19200]))
+    silence = [peer.send_opus(SILENCE_FRAME) for _ in range(5)]
+    second = peer.send_pcm(to_stereo_bytes(speech[19200:38400]))
+    second[0], second[1] = second[1], second[0]
+    receiver = make_receiver()
+    speaking(receiver, 1, 60)
+    t = feed_all(receiver, first + silence)
+    assert sink.ends == {1: 1}
+    feed_all(receiver, second, t0=t + 2.0)  # after a pause; sequence numbers carried on
+    receiver.flush()
+    c = assert_accounted(receiver)
+    assert c["outcomes"]["decoded"] == 40 and c["outcomes"]["late"] == 0
+    assert c["frames"]["streams"] == 2 and c["frames"]["frames_plc"] == 0

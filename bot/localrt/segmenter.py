@@ -34,6 +34,7 @@ class Segmenter:
     _open: bool = False
     _silent_run: int = 0
     _speech_frames: int = 0
+    ended_by_silence: bool = False  # how the last segment ended: silence (vs. length cut or close)
 
     def __post_init__(self) -> None:
         self._silence_frames = max(1, math.ceil(self.min_silence_ms / FRAME_MS))
@@ -46,6 +47,14 @@ class Segmenter:
     @property
     def is_open(self) -> bool:
         return self._open
+
+    @property
+    def one_frame_from_end(self) -> bool:
+        """The open segment ends as speech (not dropped) if the next frame is silent too: a hint to
+        decode ahead."""
+        return (
+            self._open and 0 < self._silent_run == self._silence_frames - 1 and self._speech_frames >= self._min_speech
+        )
 
     def push(self, frame: bytes, probability: float) -> Step:
         speech = probability >= self.threshold
@@ -65,12 +74,17 @@ class Segmenter:
             self._speech_frames += 1
         else:
             self._silent_run += 1
-        if self._silent_run >= self._silence_frames or len(self.frames) >= self._max_frames:
+        if self._silent_run >= self._silence_frames:
+            self.ended_by_silence = True
+            return self._close()
+        if len(self.frames) >= self._max_frames:
+            self.ended_by_silence = False
             return self._close()
         return Step.CONTINUE
 
     def finish(self) -> Step:
         """End of input (session.close): close whatever is open."""
+        self.ended_by_silence = False
         return self._close() if self._open else Step.IDLE
 
     def _close(self) -> Step:

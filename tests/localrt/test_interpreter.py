@@ -141,3 +141,21 @@ def test_unroutable_language_is_a_failure_not_a_crash():
     assert [type(o) for o in out] == [Failure] and out[0].code == "unsupported_language"
     out = run(interp, "sss...", Settings("xx", transcribe=False))
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["HELLO"]
+
+
+def test_final_decode_runs_one_frame_early_and_is_discarded_if_speech_resumes():
+    # (the resampler's few ms of delay make the first silent frame after speech still count as speech)
+    interp, asr = make(lambda s, p: f"{s:.1f} seconds")
+    out = run(interp, "sss...", Settings("xx", transcribe=False))
+    # decoded at the first frame of silence (5 frames = 1.0 s), reused when the next one ended it
+    assert asr.calls == [(1.0, None)]
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["1.0 SECONDS"]
+
+    interp, asr = make(lambda s, p: f"{s:.1f} seconds")
+    out = run(interp, "sss..ss...", Settings("xx", transcribe=False))
+    assert asr.calls == [(1.0, None), (1.8, None)]  # the early decode went stale when speech resumed
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["1.8 SECONDS"]
+
+    interp, asr = make(lambda s, p: f"{s:.1f} seconds")
+    interp.process(frames("sss..."), Settings("xx", transcribe=False))  # all at hand: no early decode
+    assert asr.calls == [(1.2, None)]

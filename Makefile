@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 LOCALRT_PORT ?= 8765
 # Debian packages: libopus for voice, espeak-ng/sox for TTS and test speech, apertium pairs for offline MT.
-APT_PACKAGES := libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat
+APT_PACKAGES := libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en
 
 .PHONY: run test lint bench system-deps deps clean
 

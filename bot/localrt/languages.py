@@ -50,11 +50,12 @@ def normalize(code: str) -> str | None:
 
 
 def parse_mode_name(stem: str) -> tuple[str, str] | None:
-    """`eng-spa` → ("en", "es"). Variants (`eng-cat_valencia`) and unknown codes give None."""
+    """`eng-spa` or `en-eo` → ("en", "es") / ("en", "eo"). Variants (`eng-cat_valencia`,
+    `eo-en-bytecode`) and unknown codes give None."""
     m = re.fullmatch(r"([a-z]{2,3})-([a-z]{2,3})", stem)
     if not m:
         return None
-    src, tgt = ISO3_TO_ISO1.get(m.group(1)), ISO3_TO_ISO1.get(m.group(2))
+    src, tgt = normalize(m.group(1)), normalize(m.group(2))
     if not src or not tgt or src == tgt:
         return None
     return src, tgt

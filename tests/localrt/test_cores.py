@@ -86,6 +86,8 @@ def test_language_codes():
     assert languages.normalize("ES") == "es" and languages.normalize("es-419") == "es"
     assert languages.normalize("cat") == "ca" and languages.normalize("12") is None
     assert languages.parse_mode_name("eng-spa") == ("en", "es")
+    assert languages.parse_mode_name("en-eo") == ("en", "eo")
+    assert languages.parse_mode_name("eo-en-bytecode") is None
     assert languages.parse_mode_name("eng-cat_valencia") is None
     assert languages.parse_mode_name("xyz-spa") is None
 

@@ -121,6 +121,26 @@ def norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
 
 
+def ear_voice_spans(events: list[tuple[float, dict]], sent: list[float], ends: list[int]) -> list[float]:
+    """Per sentence: first translated audio at or after its end on the input clock, minus the wall
+    time its last spoken frame was sent."""
+    audio_events = [(ts, e) for ts, e in events if e["type"] == "session.output_audio.delta"]
+    spans = []
+    for end_frame in ends:
+        first = next((ts for ts, e in audio_events if e["elapsed_ms"] >= end_frame * 200), None)
+        if first is not None:
+            spans.append(first - sent[end_frame - 1])
+    return sorted(spans)
+
+
+def describe(spans: list[float], total: int) -> str:
+    p90 = spans[min(len(spans) - 1, round(0.9 * (len(spans) - 1)))]
+    return (
+        f"{len(spans)}/{total} sentences: median {statistics.median(spans):.2f} s, p90 {p90:.2f} s, "
+        f"min {spans[0]:.2f} s, max {spans[-1]:.2f} s"
+    )
+
+
 async def main() -> None:
     import jiwer
 
@@ -130,40 +150,31 @@ async def main() -> None:
     print(f"engines loaded in {time.perf_counter() - t:.1f} s; cores: {os.cpu_count()}")
     audio, ends = build_audio()
     audio_s = len(audio) / (2 * RATE)
+    print(f"audio {audio_s:.1f} s, {len(SENTENCES)} sentences (espeak-ng en-us, 130 wpm)\n")
     async with LocalRTServer(cfg, engines) as server:
         await session(server.url, audio[: FRAME * 20], paced=False)  # warm-up
 
         # 1. real-time factor
         events, sent, t0 = await session(server.url, audio, paced=False)
         wall = events[-1][0] - t0
-        print(f"\naudio {audio_s:.1f} s, {len(SENTENCES)} sentences")
-        print(f"RTF (one session, unpaced): {wall / audio_s:.3f}  ({wall:.1f} s wall)")
+        print(f"RTF, one session, unpaced: {wall / audio_s:.3f} ({wall:.1f} s wall)")
         both = await asyncio.gather(*(session(server.url, audio, paced=False) for _ in range(2)))
         wall2 = max(ev[-1][0] - t0_ for ev, _, t0_ in both)
-        print(f"RTF (two sessions at once): {wall2 / audio_s:.3f} per session stream")
+        print(f"RTF, two sessions at once, unpaced: {wall2 / audio_s:.3f} each")
 
-        # 2. ear-voice span, real-time pacing
+        # 2. ear-voice span, real-time pacing: one session, then four at once
         events, sent, t0 = await session(server.url, audio, paced=True)
-    audio_events = [(ts, e) for ts, e in events if e["type"] == "session.output_audio.delta"]
-    spans = []
-    for end_frame in ends:
-        end_ms = end_frame * 200
-        first = next((ts for ts, e in audio_events if e["elapsed_ms"] >= end_ms), None)
-        if first is not None:
-            spans.append(first - sent[end_frame - 1])
-    spans.sort()
-    p90 = spans[min(len(spans) - 1, round(0.9 * (len(spans) - 1)))]
-    print(
-        f"ear-voice span over {len(spans)}/{len(ends)} sentences: median {statistics.median(spans):.2f} s, "
-        f"p90 {p90:.2f} s, min {spans[0]:.2f} s, max {spans[-1]:.2f} s"
-    )
+        print(f"ear-voice span, one session: {describe(ear_voice_spans(events, sent, ends), len(ends))}")
+        many = await asyncio.gather(*(session(server.url, audio, paced=True) for _ in range(4)))
+        pooled = sorted(x for ev, st, _ in many for x in ear_voice_spans(ev, st, ends))
+        print(f"ear-voice span, four sessions at once: {describe(pooled, 4 * len(ends))}")
 
-    # 3. WER of the source transcript
+    # 3. WER of the source transcript (the single paced session)
     hyp = "".join(e["delta"] for _, e in events if e["type"] == "session.input_transcript.delta")
     ref = " ".join(SENTENCES)
-    print(f"ASR WER: {jiwer.wer(norm(ref), norm(hyp)):.3f}")
+    print(f"ASR WER (whisper tiny.en, int8): {jiwer.wer(norm(ref), norm(hyp)):.3f}")
     out = "".join(e["delta"] for _, e in events if e["type"] == "session.output_transcript.delta")
-    print(f"source: {hyp.strip()}\ntarget: {out.strip()}")
+    print(f"\nsource: {hyp.strip()}\ntarget: {out.strip()}")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ class Settings:
 
     target: str
     transcribe: bool  # emit source text (audio.input.transcription configured)
-    partials: bool = True  # allowed to spend time on partial decodes (off when backlogged)
+    partials: bool = True  # allowed to spend time on partial decodes (off when busy or backlogged)
+    ahead: bool = True  # allowed to decode one frame before a likely segment end (off when backlogged)
 
 
 class Interpreter:
@@ -101,7 +102,7 @@ class Interpreter:
                 continue
             if step is Step.CONTINUE and not self._seg.one_frame_from_end:
                 self._ahead = None  # speech went on: a decode made ahead is stale
-            if step is Step.CONTINUE and self._seg.one_frame_from_end and last_in_batch and settings.partials:
+            if step is Step.CONTINUE and self._seg.one_frame_from_end and last_in_batch and settings.ahead:
                 # Decode now, while waiting for the frame that will probably end the segment: that
                 # frame is silence, so this decode is the final one and the translation comes 200 ms
                 # sooner. Not when the next frame is already here (no wait to hide the work in).

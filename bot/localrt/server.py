@@ -15,9 +15,11 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from http import HTTPStatus
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
@@ -49,6 +51,7 @@ from bot.realtime.translation_events import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PATH = "/v1/realtime/translations"
 DEFAULT_MODEL = "gpt-realtime-translate"
@@ -67,6 +70,15 @@ class LocalRTServer:
         self.targets = engines.output_languages()
         self._server: Server | None = None
         self.sessions: set[Session] = set()
+        self.inflight = 0  # engine jobs submitted and not finished
+
+    async def run_engine(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking engine work on the shared pool, counting busy threads."""
+        self.inflight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.inflight -= 1
 
     async def start(self) -> None:
         # The socket limit sits well above the protocol limit, so an oversized message gets an error
@@ -149,9 +161,8 @@ class Session:
         return Settings(target=self.state.target, transcribe=self.state.transcribe)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         # building the VAD loads a model file: not on the event loop
-        self._interpreter = await loop.run_in_executor(self.server.pool, Interpreter, self.server.engines)
+        self._interpreter = await self.server.run_engine(Interpreter, self.server.engines)
         log.info("session %s opened (model %s)", self.state.id, self.state.model)
         await self._send(SessionCreated(session=self.state.info()))
         worker = asyncio.create_task(self._work(), name=f"localrt-{self.state.id}")
@@ -247,8 +258,6 @@ class Session:
 
     async def _work(self) -> None:
         """Feed queued frames to the engine pool in order; send what comes back."""
-        loop = asyncio.get_running_loop()
-        pool = self.server.pool
         interp = self._interpreter
         assert interp is not None
         while True:
@@ -257,8 +266,7 @@ class Session:
                 await self._wake.wait()
             item = self._queue.popleft()
             if item is _CLOSE:
-                settings = self._settings()
-                outputs = await loop.run_in_executor(pool, interp.finish, settings)
+                outputs = await self.server.run_engine(interp.finish, self._settings())
                 await self._send_outputs(outputs)
                 await self._send(SessionClosed())
                 await self.ws.close(1000, "session closed")
@@ -272,8 +280,12 @@ class Session:
                     break
                 frames += self._queue.popleft()[0]  # type: ignore[index]
             self._pending_frames -= len(frames)
-            settings = replace(settings, partials=self._pending_frames <= BACKLOG_FRAMES)
-            outputs = await loop.run_in_executor(pool, interp.process, frames, settings)
+            caught_up = self._pending_frames <= BACKLOG_FRAMES
+            # Partial text is a luxury: only when an engine thread is idle, so that under load the
+            # threads go to final decodes (which carry the translation) first.
+            idle = self.server.inflight < self.server.config.workers
+            settings = replace(settings, partials=caught_up and idle, ahead=caught_up)
+            outputs = await self.server.run_engine(interp.process, frames, settings)
             await self._send_outputs(outputs)
 
     async def _send_outputs(self, outputs: list[Output]) -> None:

@@ -153,3 +153,25 @@ async def test_session_object_echoes_the_model_from_the_url(server):
         created = await recv(ws)
     assert created.session.model == "my-local-model"
     assert created.session.expires_at > 0
+
+
+async def test_an_expired_session_says_so_and_closes_1001(server, monkeypatch):
+    import time as real_time
+
+    from websockets.exceptions import ConnectionClosed
+
+    import bot.localrt.server as server_module
+
+    class Clock:
+        @staticmethod
+        def time() -> float:
+            return real_time.time() + 7200  # past every session's expires_at
+
+    monkeypatch.setattr(server_module, "time", Clock)
+    async with connect(endpoint(server), additional_headers=AUTH) as ws:
+        assert (await recv(ws)).type == "session.created"
+        event = await recv(ws)
+        assert event.type == "error" and event.error.code == "session_expired"
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 1001

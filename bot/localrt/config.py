@@ -86,6 +86,9 @@ class LocalRTConfig(_Section):
     default_output_language: str = "es"
     workers: int = Field(2, ge=1, description="engine threads shared by all sessions")
     max_message_bytes: int = Field(1 << 20, ge=1024, description="bigger client messages get an error")
+    max_backlog_s: float = Field(
+        20.0, gt=0, description="queued input audio above which the server stops reading (back-pressure)"
+    )
     session_ttl_s: int = Field(3600, ge=60, description="advertised in expires_at")
     vad: VADConfig = Field(default_factory=VADConfig)
     asr: ASRConfig = Field(default_factory=ASRConfig)

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +35,7 @@ from bot.localrt.interpreter import Failure, Interpreter, Output, Settings, Sour
 from bot.localrt.session import SessionState
 from bot.realtime.translation_events import (
     CLIENT_EVENT_TYPES,
+    FRAME_MS,
     SAMPLE_RATE,
     ErrorDetail,
     ErrorEvent,
@@ -52,6 +53,15 @@ from bot.realtime.translation_events import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+ServerEvent = (
+    SessionCreated
+    | SessionUpdated
+    | SessionClosed
+    | InputTranscriptDelta
+    | OutputTranscriptDelta
+    | OutputAudioDelta
+    | ErrorEvent
+)
 
 PATH = "/v1/realtime/translations"
 DEFAULT_MODEL = "gpt-realtime-translate"
@@ -139,7 +149,10 @@ class LocalRTServer:
             self.sessions.discard(session)
 
 
-_CLOSE = object()
+@dataclass(frozen=True)
+class _Batch:
+    frames: list[bytes]
+    settings: Settings
 
 
 class Session:
@@ -151,7 +164,9 @@ class Session:
         self.ws = ws
         self.state = SessionState(model, cfg.default_output_language, cfg.session_ttl_s, server.targets)
         self.frames = FrameBuffer()
-        self._queue: deque[object] = deque()
+        self._queue: deque[_Batch | None] = deque()  # None: session.close
+        self._max_backlog = max(BATCH_FRAMES, int(cfg.max_backlog_s * 1000) // FRAME_MS)
+        self._drained = asyncio.Event()
         self._wake = asyncio.Event()
         self._pending_frames = 0
         self._closing = False
@@ -220,6 +235,11 @@ class Session:
             )
         if isinstance(event, InputAudioBufferAppend):
             self._append(event)
+            if self._pending_frames > self._max_backlog:
+                # Back-pressure instead of dropping: stop reading until the engines catch up, so a
+                # client sending faster than real time is slowed down by TCP and nothing is lost.
+                self._drained.clear()
+                await self._drained.wait()
         elif isinstance(event, SessionUpdate):
             self.state.apply(event.session, event.event_id)
             await self._send(SessionUpdated(session=self.state.info()))
@@ -228,7 +248,7 @@ class Session:
             tail = self.frames.flush()
             if tail is not None:
                 self._enqueue([tail])
-            self._queue.append(_CLOSE)
+            self._queue.append(None)
             self._wake.set()
 
     def _append(self, event: InputAudioBufferAppend) -> None:
@@ -250,7 +270,7 @@ class Session:
             self._enqueue(frames)
 
     def _enqueue(self, frames: list[bytes]) -> None:
-        self._queue.append((frames, self._settings()))
+        self._queue.append(_Batch(frames, self._settings()))
         self._pending_frames += len(frames)
         self._wake.set()
 
@@ -258,6 +278,22 @@ class Session:
 
     async def _work(self) -> None:
         """Feed queued frames to the engine pool in order; send what comes back."""
+        try:
+            await self._work_loop()
+        except (ConnectionClosed, asyncio.CancelledError):
+            raise
+        except Exception:
+            # An engine bug must not leave the client waiting forever: say so and hang up.
+            log.exception("session %s: engine failure", self.state.id)
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(
+                    ErrorEvent(error=ErrorDetail(type="server_error", code="engine_failed", message="internal error"))
+                )
+                await self.ws.close(1011, "engine failure")
+        finally:
+            self._drained.set()  # never leave the reader parked on a dead worker
+
+    async def _work_loop(self) -> None:
         interp = self._interpreter
         assert interp is not None
         while True:
@@ -265,21 +301,23 @@ class Session:
                 self._wake.clear()
                 await self._wake.wait()
             item = self._queue.popleft()
-            if item is _CLOSE:
+            if item is None:  # session.close
                 outputs = await self.server.run_engine(interp.finish, self._settings())
                 await self._send_outputs(outputs)
                 await self._send(SessionClosed())
                 await self.ws.close(1000, "session closed")
                 return
-            frames, settings = item  # type: ignore[misc]
-            frames = list(frames)
+            frames, settings = list(item.frames), item.settings
             # merge queued frames of the same settings into one engine call
             while self._queue and len(frames) < BATCH_FRAMES:
                 nxt = self._queue[0]
-                if nxt is _CLOSE or nxt[1] != settings:  # type: ignore[index]
+                if nxt is None or nxt.settings != settings:
                     break
-                frames += self._queue.popleft()[0]  # type: ignore[index]
+                frames += nxt.frames
+                self._queue.popleft()
             self._pending_frames -= len(frames)
+            if self._pending_frames <= self._max_backlog // 2:
+                self._drained.set()
             caught_up = self._pending_frames <= BACKLOG_FRAMES
             # Partial text is a luxury: only when an engine thread is idle, so that under load the
             # threads go to final decodes (which carry the translation) first.
@@ -318,5 +356,5 @@ class Session:
         )
         await self.ws.close(1001, "session expired")
 
-    async def _send(self, event: object) -> None:
-        await self.ws.send(event.to_json())  # type: ignore[attr-defined]
+    async def _send(self, event: ServerEvent) -> None:
+        await self.ws.send(event.to_json())

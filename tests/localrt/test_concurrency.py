@@ -86,3 +86,22 @@ async def test_appends_are_answered_while_engines_work(server):
         while (event := await recv(ws)).type != "session.updated":
             pass
         assert loop.time() - start < 1.0
+
+
+async def test_a_fast_client_is_slowed_down_not_dropped(engines):
+    """With the engine stuck, the server stops reading at its backlog limit; nothing is lost."""
+    gated = GatedRecognizer(engines.asr)
+    slow_engines = Engines(config=engines.config, asr=gated, mt=engines.mt, tts=engines.tts)
+    config = engines.config.model_copy(update={"port": 0, "max_backlog_s": 3.0})  # 15 frames
+    async with LocalRTServer(config, slow_engines, api_key=API_KEY) as server:
+        audio = utterance(LONG) + utterance(SENTENCES[0]) + utterance(SENTENCES[2])
+        task = asyncio.create_task(run_sdk_session(server.url, audio, FRAME_BYTES, None))
+        await asyncio.to_thread(gated.blocked.wait, 30)
+        await asyncio.sleep(0.5)  # let the client push as much as the server will read
+        (session,) = server.sessions
+        assert session._pending_frames <= 15 + 1  # the limit, plus the message that crossed it
+        assert session.frames.frames_out < len(audio) // FRAME_BYTES  # the rest waits in the socket
+        gated.gate.set()
+        events = await asyncio.wait_for(task, timeout=60)
+    target = text_of(events, "session.output_transcript.delta")
+    assert target.count("playa") == 2 and "tren" in target  # the long sentence, then both short ones

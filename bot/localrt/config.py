@@ -52,6 +52,9 @@ class MTConfig(_Section):
     engine: Literal["apertium", "ctranslate2"] = "apertium"
     apertium_modes_dir: str = "/usr/share/apertium/modes"
     pivot: bool = Field(True, description="chain two pairs through English when no direct pair exists")
+    translate_sentences_early: bool = Field(
+        True, description="translate a sentence once its words are stable, before the speaker pauses"
+    )
     model_path: str | None = Field(None, description="CTranslate2 NLLB or Marian model directory")
     tokenizer: str | None = Field(
         None, description="sentencepiece .model or tokenizer.json; default: looked up in model_path"

@@ -15,7 +15,7 @@ import soxr
 from bot.localrt.engines.asr import ASR_RATE, EngineError, Transcript
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.segmenter import Segmenter, Step
-from bot.localrt.transcript import StableText, agreed_prefix, join_delta
+from bot.localrt.transcript import StableText, agreed_prefix, join_delta, sentence_end
 from bot.realtime.translation_events import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class Interpreter:
         self._partial_every = max(0, cfg.asr.partial_interval_ms // FRAME_MS)
         self._since_partial = 0
         self._text = StableText()
+        self._translated = 0  # committed words of the open segment already translated
+        self._early = cfg.mt.translate_sentences_early
         self._source_started = False
         self._target_started = False
         self._ahead: Transcript | None = None  # final decode made one frame early
@@ -107,11 +109,11 @@ class Interpreter:
                 # frame is silence, so this decode is the final one and the translation comes 200 ms
                 # sooner. Not when the next frame is already here (no wait to hide the work in).
                 out += self._decode_ahead()
-            elif step is Step.CONTINUE and settings.transcribe and self._partial_every:
+            elif step is Step.CONTINUE and (settings.transcribe or self._early) and self._partial_every:
                 self._since_partial += 1
                 if self._since_partial >= self._partial_every and settings.partials and last_in_batch:
                     self._since_partial = 0
-                    out += self._partial()
+                    out += self._partial(settings)
         return out
 
     def finish(self, settings: Settings) -> list[Output]:
@@ -145,14 +147,21 @@ class Interpreter:
             return [Failure("asr_failed", str(exc))]
         return []
 
-    def _partial(self) -> list[Output]:
+    def _partial(self, settings: Settings) -> list[Output]:
         try:
             # no prefix here: a forced prefix makes whisper repeat itself; agreement does the rest
             hyp = self._engines.asr.transcribe(self._segment_audio())
         except EngineError as exc:
             return [Failure("asr_failed", str(exc))]
         words = self._text.update(hyp.text)
-        return self._source_delta(words)
+        out = self._source_delta(words) if settings.transcribe else []
+        end = sentence_end(self._text.committed, self._translated)
+        if self._early and end > self._translated:
+            # a whole sentence is stable: translate it now, while the speaker goes on
+            sentence = " ".join(self._text.committed[self._translated : end])
+            self._translated = end
+            out += self._translate(sentence, hyp.language, settings.target)
+        return out
 
     def _source_delta(self, words: list[str]) -> list[Output]:
         delta = join_delta(words, first=not self._source_started)
@@ -164,8 +173,8 @@ class Interpreter:
     def _close_segment(self, step: Step, settings: Settings) -> list[Output]:
         audio = self._segment_audio()
         self._audio16 = []
-        text = self._text
-        self._text = StableText()
+        text, done = self._text, self._translated
+        self._text, self._translated = StableText(), 0
         if step is Step.DROP and not text.committed:
             return []
         out: list[Output] = []
@@ -180,7 +189,7 @@ class Interpreter:
         words = text.finish(hyp.text)
         if settings.transcribe:
             out += self._source_delta(words)
-        source = text.text.strip()
+        source = " ".join(text.committed[done:]).strip()  # what early translation has not covered
         if not source:
             return out
         return out + self._translate(source, hyp.language, settings.target)

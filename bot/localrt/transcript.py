@@ -73,6 +73,20 @@ def cut_repeat(prefix: list[str], continuation: list[str]) -> list[str]:
     return continuation
 
 
+_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e."})
+
+
+def sentence_end(words: list[str], start: int = 0) -> int:
+    """Index just past the last sentence-final word (`.`, `?`, `!`) at or after `start`; `start`
+    itself when there is none. What lies before it can be translated without waiting for a pause."""
+    end = start
+    for i in range(start, len(words)):
+        w = words[i].rstrip("\"')]»")
+        if w.endswith(("?", "!")) or (w.endswith(".") and w.lower() not in _ABBREVIATIONS):
+            end = i + 1
+    return end
+
+
 def join_delta(words: list[str], first: bool) -> str:
     """Words as one append-only delta: a leading space unless this is the very first text."""
     if not words:

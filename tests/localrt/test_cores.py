@@ -168,3 +168,13 @@ def test_cut_repeat_drops_a_restarted_sentence():
     assert cut_repeat(prefix, ["and", "tea.", "i", "would", "like"]) == ["and", "tea."]
     assert cut_repeat(prefix, ["and", "tea."]) == ["and", "tea."]
     assert cut_repeat([], ["x"]) == ["x"]
+
+
+def test_sentence_end_finds_the_last_complete_sentence():
+    from bot.localrt.transcript import sentence_end
+
+    words = ["Hello.", "How", "are", "you?", "I", "am"]
+    assert sentence_end(words) == 4
+    assert sentence_end(words, 4) == 4  # nothing complete after index 4
+    assert sentence_end(["Ask", "Mr.", "Smith"]) == 0  # an abbreviation is not a sentence end
+    assert sentence_end(['"Stop!"', "he", "said."]) == 3

@@ -53,9 +53,14 @@ class ScriptedEngines(Engines):
         return LoudVAD()
 
 
-def make(script, **cfg) -> tuple[Interpreter, ScriptedASR]:
+def make(script, early: bool = True, **vad) -> tuple[Interpreter, ScriptedASR]:
     asr = ScriptedASR(script)
-    config = LocalRTConfig.model_validate({"vad": {"min_silence_ms": 400, "pre_roll_ms": 200, **cfg}})
+    config = LocalRTConfig.model_validate(
+        {
+            "vad": {"min_silence_ms": 400, "pre_roll_ms": 200, **vad},
+            "mt": {"translate_sentences_early": early},
+        }
+    )
     engines = ScriptedEngines(config=config, asr=asr, mt=RoutedTranslator(UpperMT()), tts=BeepTTS())
     return Interpreter(engines), asr
 
@@ -111,7 +116,7 @@ def test_a_contradicting_final_decode_continues_the_sent_text():
 
 
 def test_no_transcription_means_no_partials_and_no_source_text():
-    interp, asr = make(lambda s, p: "one two three")
+    interp, asr = make(lambda s, p: "one two three", early=False)
     out = run(interp, "s" * 12 + "...", Settings("xx", transcribe=False))
     assert not [o for o in out if isinstance(o, SourceText)]
     assert len(asr.calls) == 1  # only the final decode
@@ -145,17 +150,38 @@ def test_unroutable_language_is_a_failure_not_a_crash():
 
 def test_final_decode_runs_one_frame_early_and_is_discarded_if_speech_resumes():
     # (the resampler's few ms of delay make the first silent frame after speech still count as speech)
-    interp, asr = make(lambda s, p: f"{s:.1f} seconds")
+    interp, asr = make(lambda s, p: f"{s:.1f} seconds", early=False)
     out = run(interp, "sss...", Settings("xx", transcribe=False))
     # decoded at the first frame of silence (5 frames = 1.0 s), reused when the next one ended it
     assert asr.calls == [(1.0, None)]
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["1.0 SECONDS"]
 
-    interp, asr = make(lambda s, p: f"{s:.1f} seconds")
+    interp, asr = make(lambda s, p: f"{s:.1f} seconds", early=False)
     out = run(interp, "sss..ss...", Settings("xx", transcribe=False))
     assert asr.calls == [(1.0, None), (1.8, None)]  # the early decode went stale when speech resumed
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["1.8 SECONDS"]
 
-    interp, asr = make(lambda s, p: f"{s:.1f} seconds")
+    interp, asr = make(lambda s, p: f"{s:.1f} seconds", early=False)
     interp.process(frames("sss..."), Settings("xx", transcribe=False))  # all at hand: no early decode
     assert asr.calls == [(1.2, None)]
+
+
+def test_a_stable_sentence_is_translated_before_the_pause():
+    def script(seconds, prefix):
+        if seconds < 1.5:
+            return "Good morning."
+        if seconds < 2.5:
+            return "Good morning. How are"
+        return "Good morning. How are you?"
+
+    interp, _ = make(script)
+    out = []
+    for i, f in enumerate(frames("s" * 14 + "...")):
+        out += [(i, o) for o in interp.process([f], Settings("xx", transcribe=False))]
+    texts = [(i, o.delta) for i, o in out if isinstance(o, TargetText)]
+    # the first sentence went out mid-segment (at the second partial), the rest after the pause
+    assert texts[0][1] == "GOOD MORNING." and texts[0][0] < 14
+    assert [t for _, t in texts] == ["GOOD MORNING.", " HOW ARE YOU?"]
+    first_audio = next(i for i, o in out if isinstance(o, TargetAudio))
+    assert first_audio == texts[0][0]
+    assert not [o for _, o in out if isinstance(o, SourceText)]  # early translation needs no captions

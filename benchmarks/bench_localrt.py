@@ -64,14 +64,19 @@ def speak(text: str) -> bytes:
     return soxr.resample(pcm, rate, RATE).astype("<i2").tobytes()
 
 
-def build_audio() -> tuple[bytes, list[int]]:
+def build_audio(sentences: list[str] = SENTENCES, gap_s: float = GAP_S) -> tuple[bytes, list[int]]:
     """All sentences with gaps, frame-aligned; and the frame index where each sentence's speech ends."""
     audio = bytearray(bytes(int(RATE * 0.4) * 2))
     ends = []
-    for s in SENTENCES:
-        audio += speak(s)
+    for s in sentences:
+        pcm = speak(s)
+        if gap_s < 0.5:  # espeak-ng ends each sentence with ~0.5 s of silence: keep 150 ms of it
+            samples = np.frombuffer(pcm, dtype="<i2")
+            last = int(np.nonzero(np.abs(samples) > 300)[0][-1])
+            pcm = pcm[: 2 * min(len(samples), last + RATE * 15 // 100)]
+        audio += pcm
         ends.append(-(-len(audio) // FRAME))  # first frame boundary after the speech
-        audio += bytes(int(RATE * GAP_S) * 2)
+        audio += bytes(int(RATE * gap_s) * 2)
     audio += bytes(-len(audio) % FRAME)
     return bytes(audio), ends
 
@@ -168,6 +173,18 @@ async def main() -> None:
         many = await asyncio.gather(*(session(server.url, audio, paced=True) for _ in range(4)))
         pooled = sorted(x for ev, st, _ in many for x in ear_voice_spans(ev, st, ends))
         print(f"ear-voice span, four sessions at once: {describe(pooled, 4 * len(ends))}")
+
+    # 2b. speech without pauses long enough to end a segment: early sentence translation on vs off
+    talk, talk_ends = build_audio(SENTENCES[:8], gap_s=0.0)
+    talk_ends = talk_ends[:-1]  # the last sentence ends the segment anyway
+    for early in (True, False):
+        cfg_early = cfg.model_copy(update={"mt": cfg.mt.model_copy(update={"translate_sentences_early": early})})
+        variant = Engines(config=cfg_early, asr=engines.asr, mt=engines.mt, tts=engines.tts)
+        async with LocalRTServer(cfg_early, variant) as server:
+            ev, st, _ = await session(server.url, talk, paced=True)
+        spans = ear_voice_spans(ev, st, talk_ends)
+        label = "on " if early else "off"
+        print(f"ear-voice span, 8 sentences without pauses, early translation {label}: {describe(spans, 7)}")
 
     # 3. WER of the source transcript (the single paced session)
     hyp = "".join(e["delta"] for _, e in events if e["type"] == "session.input_transcript.delta")

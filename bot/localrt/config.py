@@ -25,7 +25,10 @@ class VADConfig(_Section):
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode")
     min_silence_ms: int = Field(500, ge=200, description="silence that ends a segment")
     min_speech_ms: int = Field(200, ge=0, description="shorter segments are dropped as noise")
-    max_segment_ms: int = Field(12_000, ge=1_000, description="a longer segment is cut to bound latency")
+    max_segment_ms: int = Field(
+        12_000, ge=1_000, description="past this, a segment ends at the next quiet frame (bounds latency)"
+    )
+    max_grace_ms: int = Field(2_000, ge=0, description="…or is cut hard this much later")
     pre_roll_ms: int = Field(200, ge=0, description="audio kept before speech onset")
 
 

@@ -70,6 +70,7 @@ class Interpreter:
             min_silence_ms=cfg.vad.min_silence_ms,
             min_speech_ms=cfg.vad.min_speech_ms,
             max_segment_ms=cfg.vad.max_segment_ms,
+            max_grace_ms=cfg.vad.max_grace_ms,
             pre_roll_ms=cfg.vad.pre_roll_ms,
         )
         self._resampler = soxr.ResampleStream(SAMPLE_RATE, ASR_RATE, 1, dtype="float32")

@@ -28,6 +28,7 @@ class Segmenter:
     min_silence_ms: int = 400
     min_speech_ms: int = 200
     max_segment_ms: int = 12_000
+    max_grace_ms: int = 2_000
     pre_roll_ms: int = 200
     frames: list[bytes] = field(default_factory=list)  # the open segment (or the last closed one)
     _pre: deque[bytes] = field(default_factory=deque)
@@ -40,6 +41,7 @@ class Segmenter:
         self._silence_frames = max(1, math.ceil(self.min_silence_ms / FRAME_MS))
         self._min_speech = max(1, math.ceil(self.min_speech_ms / FRAME_MS))
         self._max_frames = max(2, self.max_segment_ms // FRAME_MS)
+        self._grace_frames = max(0, self.max_grace_ms // FRAME_MS)
         self._pre = deque(maxlen=max(0, math.ceil(self.pre_roll_ms / FRAME_MS)) or None)
         if not self._pre.maxlen:
             self._pre = deque(maxlen=1)
@@ -77,7 +79,10 @@ class Segmenter:
         if self._silent_run >= self._silence_frames:
             self.ended_by_silence = True
             return self._close()
-        if len(self.frames) >= self._max_frames:
+        # Past the length limit, end at the first quiet frame (a word gap) rather than mid-word; cut
+        # hard only if none comes within the grace period.
+        over = len(self.frames) - self._max_frames
+        if (over >= 0 and not speech) or over >= self._grace_frames:
             self.ended_by_silence = False
             return self._close()
         return Step.CONTINUE

@@ -50,8 +50,14 @@ def test_segment_keeps_pre_roll_and_its_frames():
 
 def test_short_blips_are_dropped_and_long_speech_is_cut():
     assert seg_run([1, 0, 0], min_speech_ms=400, min_silence_ms=400)[-1] is Step.DROP
-    steps = seg_run([1] * 12, max_segment_ms=2000)
+    steps = seg_run([1] * 12, max_segment_ms=2000, max_grace_ms=0)
     assert steps.count(Step.END) == 1 and steps.index(Step.END) == 9 and steps[10] is Step.START
+    # past the limit, the first quiet frame ends it (no mid-word cut) ...
+    steps = seg_run([1] * 11 + [0.2] + [1] * 3, max_segment_ms=2000, max_grace_ms=1000, min_silence_ms=400)
+    assert steps.index(Step.END) == 11 and steps[12] is Step.START
+    # ... and without one, the grace period bounds it
+    steps = seg_run([1] * 20, max_segment_ms=2000, max_grace_ms=1000)
+    assert steps.index(Step.END) == 14
     seg = Segmenter()
     seg.push(b"a", 1.0)
     assert seg.finish() is Step.END and seg.finish() is Step.IDLE

@@ -1,0 +1,57 @@
+"""What the `/translate` commands may ask of the pipeline: the whole surface a cog sees.
+
+Cogs stay thin: they parse, check permissions and call a `RoomService`; everything stateful lives
+behind it. Errors a member can fix are `PipelineError`s whose message is fit for an ephemeral reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class PipelineError(Exception):
+    """A short, friendly reason an action cannot be done (shown to the member as-is)."""
+
+
+@dataclass(frozen=True)
+class SpeakerStatus:
+    user_id: int
+    target_language: str
+    connected: bool  # its session is open upstream
+    seconds_sent: float
+    usd: float
+
+
+@dataclass(frozen=True)
+class RoomStatus:
+    guild_id: int
+    source_channel_id: int
+    output_channel_id: int | None
+    caption_channel_id: int | None
+    backend: str
+    speakers: list[SpeakerStatus] = field(default_factory=list)
+    opted_out: int = 0  # members in the source channel who are never sent upstream
+    usd_today: float = 0.0
+
+
+class RoomService(Protocol):
+    async def join(
+        self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None
+    ) -> RoomStatus:
+        """Start interpreting `source_channel_id`; raises PipelineError (e.g. already running elsewhere)."""
+        ...
+
+    async def leave(self, guild_id: int) -> None:
+        """Stop: close every session gracefully, leave both voice channels."""
+        ...
+
+    def status(self, guild_id: int) -> RoomStatus | None: ...
+
+    async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
+        """The member's speech is translated into `language` from now on (live, if they are talking)."""
+        ...
+
+    async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
+        """An opted-out member is never sent upstream; an open session of theirs is closed at once."""
+        ...

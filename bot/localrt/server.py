@@ -346,15 +346,12 @@ class Session:
                 )
 
     async def _expire(self) -> None:
+        """Like OpenAI's sessions, ours end at `expires_at` (1001: the client opens the next one)."""
         await asyncio.sleep(max(0.0, self.state.expires_at - time.time()))
-        await self._send(
-            ErrorEvent(
-                error=ErrorDetail(
-                    type="invalid_request_error", code="session_expired", message="the session has expired"
-                )
-            )
-        )
-        await self.ws.close(1001, "session expired")
+        detail = ErrorDetail(type="invalid_request_error", code="session_expired", message="the session has expired")
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(ErrorEvent(error=detail))
+            await self.ws.close(1001, "session expired")
 
     async def _send(self, event: ServerEvent) -> None:
         await self.ws.send(event.to_json())

@@ -102,6 +102,12 @@ class CapsConfig(_Section):
     daily_budget_usd: float | None = Field(None, ge=0)
 
 
+class StoreConfig(_Section):
+    """Where member preferences, guild channels and the spend ledger live (bot/store.py)."""
+
+    path: Path = Path("parley.sqlite3")
+
+
 class Secrets(BaseModel):
     """Tokens from the environment. SecretStr keeps them out of reprs, logs and errors."""
 
@@ -134,6 +140,7 @@ class Settings(_Section):
     caps: CapsConfig = CapsConfig()
     voice: VoiceConfig = VoiceConfig()
     local: LocalRTConfig = LocalRTConfig()
+    store: StoreConfig = StoreConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
 

@@ -1,0 +1,212 @@
+"""bot.store against real SQLite files: round-trips, reopen, migrations, damage, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.store import SCHEMA_VERSION, GuildSettings, MemberPrefs, Store, StoreError
+
+G, G2 = 111, 222
+
+
+async def test_member_round_trip_and_defaults(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "p.sqlite3") as store:
+        assert await store.member(G, 1) == MemberPrefs(G, 1, None, False, None)
+        await store.set_language(G, 1, "pt-BR")
+        m = await store.member(G, 1)
+        assert (m.target_language, m.opted_out) == ("pt-BR", False)
+        assert m.updated_at is not None and m.updated_at.tzinfo is not None
+        assert m.language_or("en") == "pt-BR"
+        await store.set_opt_out(G, 1, True)  # keeps the language
+        assert await store.member(G, 1) == MemberPrefs(G, 1, "pt-BR", True, (await store.member(G, 1)).updated_at)
+        await store.set_language(G, 1, None)
+        assert (await store.member(G, 1)).language_or("en") == "en"
+        assert (await store.member(G2, 1)).target_language is None  # per guild
+
+
+async def test_guild_channels_round_trip(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "p.sqlite3") as store:
+        assert await store.guild(G) == GuildSettings(G)
+        await store.set_guild_channels(G, 5, 6)
+        await store.set_guild_channels(G, 7, None)
+        g = await store.guild(G)
+        assert (g.output_channel_id, g.caption_channel_id) == (7, None)
+        assert (await store.guild(G2)).output_channel_id is None
+
+
+async def test_spend_ledger_is_per_guild_and_day(tmp_path: Path) -> None:
+    today, yesterday = date(2026, 11, 25), date(2026, 11, 24)
+    async with await Store.open(tmp_path / "p.sqlite3") as store:
+        assert await store.spend_today(G) == 0.0
+        await store.add_spend(G, 0.25, today)
+        await store.add_spend(G, 0.5, today)
+        await store.add_spend(G, 9.0, yesterday)
+        await store.add_spend(G2, 1.0, today)
+        assert await store.spend_today(G, today) == pytest.approx(0.75)
+        assert await store.spend_today(G, yesterday) == pytest.approx(9.0)
+        before = await store.spend_today(G)  # UTC today by default
+        await store.add_spend(G, 0.125)
+        assert await store.spend_today(G) == pytest.approx(before + 0.125)
+        with pytest.raises(ValueError):
+            await store.add_spend(G, -1.0, today)
+        with pytest.raises(ValueError):
+            await store.add_spend(G, float("nan"), today)
+        assert await store.spend_today(G, today + timedelta(days=1)) == 0.0
+
+
+async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "p.sqlite3"  # the directory is created
+    store = await Store.open(path)
+    await store.set_language(G, 1, "es")
+    await store.set_opt_out(G, 2, True)
+    await store.set_guild_channels(G, 10, 20)
+    await store.add_spend(G, 1.5, date(2026, 1, 1))
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        await store.member(G, 1)
+
+    store = await Store.open(path)
+    try:
+        assert (await store.member(G, 1)).target_language == "es"
+        assert await store.opted_out_members(G) == {2}
+        assert (await store.guild(G)).caption_channel_id == 20
+        assert await store.spend_today(G, date(2026, 1, 1)) == pytest.approx(1.5)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_opted_out_members(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "p.sqlite3") as store:
+        assert await store.opted_out_members(G) == set()
+        for user in (1, 2, 3):
+            await store.set_opt_out(G, user, True)
+        await store.set_opt_out(G, 2, False)
+        await store.set_opt_out(G2, 9, True)
+        await store.set_language(G, 4, "fr")  # a member with preferences but no opt-out
+        assert await store.opted_out_members(G) == {1, 3}
+        assert await store.opted_out_members(G2) == {9}
+
+
+async def test_migrates_an_empty_v0_file(tmp_path: Path) -> None:
+    path = tmp_path / "v0.sqlite3"
+    sqlite3.connect(path).close()  # a SQLite file with no schema: user_version 0
+    async with await Store.open(path) as store:
+        await store.set_opt_out(G, 1, True)
+        await store.add_spend(G, 0.5)
+        assert await store.opted_out_members(G) == {1}
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_migrates_a_v1_file_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(
+        """
+        CREATE TABLE members (guild_id INTEGER NOT NULL, user_id INTEGER NOT NULL, target_language TEXT,
+            opted_out INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL, PRIMARY KEY (guild_id, user_id));
+        CREATE TABLE guilds (guild_id INTEGER PRIMARY KEY, output_channel_id INTEGER, caption_channel_id INTEGER,
+            updated_at REAL NOT NULL);
+        INSERT INTO members VALUES (111, 1, 'de', 0, 1700000000.0), (111, 2, NULL, 1, 1700000000.0);
+        INSERT INTO guilds VALUES (111, 30, 40, 1700000000.0);
+        PRAGMA user_version = 1;
+        """
+    )
+    raw.close()
+    async with await Store.open(path) as store:
+        assert (await store.member(G, 1)).target_language == "de"
+        assert (await store.member(G, 1)).updated_at.year == 2023  # type: ignore[union-attr]
+        assert await store.opted_out_members(G) == {2}
+        assert (await store.guild(G)).output_channel_id == 30
+        await store.add_spend(G, 2.0, date(2026, 2, 2))  # the table v2 added
+        assert await store.spend_today(G, date(2026, 2, 2)) == pytest.approx(2.0)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        indexes = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "members_opted_out" in indexes
+
+
+async def test_a_failed_migration_step_is_rolled_back(tmp_path: Path) -> None:
+    path = tmp_path / "v1-broken.sqlite3"
+    raw = sqlite3.connect(path)
+    # v1 by its number, but a stray `spend` table makes step 1 → 2 fail half way
+    raw.executescript("CREATE TABLE spend (x INTEGER); PRAGMA user_version = 1;")
+    raw.close()
+    with pytest.raises(StoreError, match=re.escape("v1-broken.sqlite3")):
+        await Store.open(path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+async def test_corrupt_file_is_a_store_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "junk.sqlite3"
+    path.write_bytes(b"this is not a database, just some text that happens to be long enough" * 50)
+    with pytest.raises(StoreError) as e:
+        await Store.open(path)
+    assert str(path) in str(e.value) and "not a usable Parley database" in str(e.value)
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no chained sqlite traceback
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="newer than this Parley"):
+        await Store.open(path)
+
+
+async def test_a_directory_is_not_a_database(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=re.escape(str(tmp_path))):
+        await Store.open(tmp_path)
+
+
+async def test_many_concurrent_calls(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "p.sqlite3") as store:
+        day = date(2026, 3, 3)
+        await asyncio.gather(
+            *(store.add_spend(G, 0.01, day) for _ in range(200)),
+            *(store.set_opt_out(G, u, u % 2 == 0) for u in range(100)),
+            *(store.set_language(G, u, "es") for u in range(100)),
+            *(store.member(G, u) for u in range(100)),
+        )
+        assert await store.spend_today(G, day) == pytest.approx(2.0)
+        assert await store.opted_out_members(G) == set(range(0, 100, 2))
+        prefs = await asyncio.gather(*(store.member(G, u) for u in range(100)))
+        assert all(p.target_language == "es" for p in prefs)
+
+
+async def test_calls_never_run_on_the_event_loop_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    real_connect = sqlite3.connect
+
+    def spy(*args: object, **kwargs: object) -> sqlite3.Connection:
+        seen.append(threading.get_ident())
+        conn = real_connect(*args, **kwargs)  # type: ignore[arg-type]
+        conn.set_trace_callback(lambda _sql: seen.append(threading.get_ident()))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", spy)
+    async with await Store.open(tmp_path / "p.sqlite3") as store:
+        await store.set_language(G, 1, "es")
+        await store.member(G, 1)
+    assert len(seen) > 5 and loop_thread not in seen and len(set(seen)) == 1
+
+
+async def test_memory_store_when_asked() -> None:
+    async with await Store.open(":memory:") as store:
+        await store.set_opt_out(G, 1, True)
+        assert await store.opted_out_members(G) == {1}
+    assert not Path(":memory:").exists()

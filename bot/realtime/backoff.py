@@ -32,7 +32,7 @@ class Backoff:
 
     def penalize(self, at_least: float) -> None:
         """A rate limit: the next waits are at least this long, whatever the attempt count."""
-        self._floor = max(self._floor, min(at_least, self.maximum))
+        self._floor = max(self._floor, at_least)
 
     def reset(self) -> None:
         self._attempt = 0

@@ -77,6 +77,7 @@ class _Connection:
         self.closed = asyncio.Event()  # the server said session.closed
         self.done = asyncio.Event()  # the socket is gone
         self.first_error: SessionError | None = None
+        self.rejected = asyncio.Event()  # an error arrived before the configuration was applied
         self.rate_limited = False
         self.fatal: SessionError | None = None
         self.reader: asyncio.Task[None] | None = None
@@ -218,6 +219,11 @@ class TranslationSession:
         finally:
             await self._shutdown()
 
+    async def abort(self) -> None:
+        """Stop at once: nothing pending is sent or flushed (a member opted out mid-sentence)."""
+        self._pending.clear()
+        await self._shutdown()
+
     async def __aenter__(self) -> TranslationSession:
         await self.open()
         return self
@@ -302,7 +308,7 @@ class TranslationSession:
             if not await _wait_any(conn.created, conn.done, timeout=timeout) or not conn.created.is_set():
                 raise ConnectionError("no session.created from the server")
             await ws.send(conn.protocol.session_update(self.language))
-            if not await _wait_any(conn.ready, conn.done, timeout=timeout) or not conn.ready.is_set():
+            if not await _wait_any(conn.ready, conn.done, conn.rejected, timeout=timeout) or not conn.ready.is_set():
                 if conn.rate_limited:
                     raise ConnectionError("rate limited by the server")
                 if conn.first_error is not None:
@@ -390,6 +396,7 @@ class TranslationSession:
             assert isinstance(err, SessionError)
             if not conn.ready.is_set() and conn.first_error is None:
                 conn.first_error = err
+                conn.rejected.set()
             if r.fatal:
                 conn.fatal = err
         base_ms = conn.base // BYTES_PER_MS

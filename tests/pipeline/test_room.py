@@ -1,0 +1,139 @@
+"""Speaker + Room against an SDK-validated protocol peer: lazy sessions, the silence clock, idle
+close, per-member languages, opt-out privacy, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from bot.config import Endpoint
+from bot.pipeline.room import Room
+from bot.realtime.outputs import SessionError, TranslatedAudio
+from bot.realtime.session import TranslationSession
+from tests.realtime.peer import Faults, Peer, numbered_audio
+from tests.realtime.test_session import fast_settings
+
+FRAME = 960
+
+
+def make_room(peer: Peer, outputs: list, languages: dict[int, str] | None = None, idle: float = 0.5,
+              opted_out: set[int] | None = None) -> Room:
+    settings = fast_settings()
+    endpoint = Endpoint(peer.url, "translation", "gpt-realtime-translate", None, 0.034)
+    spends: list[float] = []
+
+    async def open_session(user_id: int, language: str) -> TranslationSession:
+        s = TranslationSession(endpoint, language, settings, name=f"u{user_id}")
+        await s.open()
+        return s
+
+    async def language_of(user_id: int) -> str:
+        return (languages or {}).get(user_id, "es")
+
+    async def on_spend(guild_id: int, usd: float) -> None:
+        spends.append(usd)
+
+    room = Room(1, 10, 20, 30, backend="test", idle_timeout_s=idle, open_session=open_session,
+                language_of=language_of, on_output=lambda uid, out: outputs.append((uid, out)),
+                on_spend=on_spend, opted_out=opted_out)
+    room.spends = spends  # type: ignore[attr-defined]
+    return room
+
+
+async def talk(room: Room, user_id: int, pcm: bytes, end: bool = True) -> None:
+    """Frames at Discord's pace (20 ms each), then the end-of-speech marker."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(0, len(pcm), FRAME):
+        room.feed(user_id, pcm[i : i + FRAME])
+        await asyncio.sleep(max(0.0, t0 + (i // FRAME + 1) * 0.02 - loop.time()))
+    if end:
+        room.feed(user_id, b"", end=True)
+
+
+async def test_lazy_session_silence_clock_and_idle_close() -> None:
+    outputs: list = []
+    async with Peer() as peer:
+        room = make_room(peer, outputs, idle=0.6)
+        assert peer.connections == []
+        speech = numbered_audio(10)  # 1 s
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await talk(room, 7, speech)
+        await asyncio.sleep(1.2)  # silence → padding, then the idle timeout closes the session
+        wall_ms = (loop.time() - t0) * 1000
+        assert len(peer.connections) == 1 and peer.connections[0].closed_by_client
+        got = np.frombuffer(bytes(peer.connections[0].audio), "<i2")
+        # the speech arrived whole and in order, followed only by silence
+        assert bytes(got[: len(speech) // 2].tobytes()) == speech
+        assert not got[len(speech) // 2 :].any()
+        # audio time sent kept up with wall time while the member was silent (until the idle close)
+        sent_ms = len(got) / 24
+        assert 1000 + 600 - 100 <= sent_ms <= wall_ms + 50
+        assert room.speakers[7].silence_ms_sent >= 500
+        # a second utterance opens a new session
+        await talk(room, 7, numbered_audio(5))
+        await room.close()
+    assert len(peer.connections) == 2 and peer.connections[1].closed_by_client
+    assert peer.validation_failures == []
+    assert any(isinstance(o, TranslatedAudio) for _, o in outputs)
+    assert len(room.spends) == 2 and all(s > 0 for s in room.spends)  # type: ignore[attr-defined]
+
+
+async def test_each_member_has_their_own_session_and_language() -> None:
+    outputs: list = []
+    async with Peer() as peer:
+        room = make_room(peer, outputs, languages={1: "de", 2: "ja"})
+        await asyncio.gather(talk(room, 1, numbered_audio(5)), talk(room, 2, numbered_audio(5)))
+        await room.set_language(2, "ko")
+        await asyncio.sleep(0.1)
+        status = room.status()
+        await room.close()
+    assert sorted(c.languages[0] for c in peer.connections) == ["de", "ja"]
+    assert any(c.languages == ["ja", "ko"] for c in peer.connections)
+    assert {s.user_id for s in status.speakers} == {1, 2}
+    assert {s.target_language for s in status.speakers} == {"de", "ko"}
+    assert all(s.connected and s.seconds_sent > 0 for s in status.speakers)
+
+
+async def test_opted_out_member_is_never_sent_upstream() -> None:
+    outputs: list = []
+    async with Peer() as peer:
+        room = make_room(peer, outputs, opted_out={5})
+        await talk(room, 5, numbered_audio(10))
+        await asyncio.sleep(0.1)
+        assert peer.connections == []
+        assert room.frames_withheld == 50
+        assert room.status().opted_out == 1
+        await room.close()
+
+
+async def test_opting_out_mid_sentence_sends_nothing_more() -> None:
+    outputs: list = []
+    async with Peer() as peer:
+        room = make_room(peer, outputs)
+        speech = numbered_audio(20)  # 2 s; opt out after 1 s
+        talking = asyncio.create_task(talk(room, 3, speech))
+        await asyncio.sleep(1.0)
+        await room.set_opt_out(3, True)
+        await talking
+        await asyncio.sleep(0.3)
+        await room.close()
+    conn = peer.connections[0]
+    assert not conn.closed_by_client  # aborted: no session.close, no flush
+    got = np.frombuffer(bytes(conn.audio), "<i2")
+    assert got.max() <= 11  # nothing from the second second reached the server
+    assert room.frames_withheld > 0 and 3 not in room.speakers
+
+
+async def test_a_session_that_cannot_open_is_reported_not_fatal_to_the_room() -> None:
+    outputs: list = []
+    async with Peer(faults=Faults(reject_language="xx")) as peer:
+        room = make_room(peer, outputs, languages={9: "xx", 4: "es"})
+        await asyncio.gather(talk(room, 9, numbered_audio(5)), talk(room, 4, numbered_audio(5)))
+        await room.close()
+    errors = [o for uid, o in outputs if uid == 9 and isinstance(o, SessionError)]
+    assert errors and errors[0].fatal and "not supported" in errors[0].message
+    assert room.speakers == {} and any(c.languages == ["es"] for c in peer.connections)
+    assert any(uid == 4 and isinstance(o, TranslatedAudio) for uid, o in outputs)

@@ -1,0 +1,125 @@
+"""Everything `/translate` says to members, in one place so the voice stays short, friendly and consistent."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+# -- command descriptions (shown in Discord's command picker) -----------------------------------------
+GROUP = "Live speech translation in voice channels"
+JOIN = "Interpret the voice channel you are in"
+JOIN_OUTPUT = "Voice channel where the translations are spoken (remembered for next time)"
+JOIN_CAPTIONS = "Text channel for captions (remembered for next time)"
+LEAVE = "Stop interpreting in this server"
+LANGUAGE = "Choose the language your speech is translated into"
+LANGUAGE_CODE = "A language code such as es, fr or pt-BR"
+STATUS = "What Parley is doing in this server"
+OPTOUT = "Keep your voice out of translation (never sent anywhere)"
+OPTOUT_ENABLED = "True: opt out (the default). False: opt back in"
+
+# -- errors -----------------------------------------------------------------------------------------
+NOT_IN_VOICE = "Join a voice channel first: Parley interprets the channel you're in."
+SAME_CHANNEL = "Pick a different output channel: playing translations into the source would translate them again."
+CANNOT_SEE = "You can't see {channel}, so it can't be used here."
+CANNOT_POST = "I can't send messages in {channel}. Give me Send Messages there, or pick another caption channel."
+NOTICE_FAILED = (
+    "I couldn't post the notice that translation is on in {channel}, so I stopped. "
+    "Give me Send Messages there and try again."
+)
+NOT_RUNNING = "Parley isn't interpreting in this server. Start with `/translate join`."
+LEAVE_DENIED = "Only members in {channel} or with Manage Channels can stop interpreting."
+BAD_LANGUAGE = "`{code}` isn't a language code I know. Try one like `es`, `fr` or `pt-BR`."
+STORE_DOWN = "I can't save preferences right now. Please try again in a moment."
+UNEXPECTED = "Something went wrong on my side; it has been logged. Please try again."
+GUILD_ONLY = "These commands work in a server, not in direct messages."
+
+# -- confirmations ----------------------------------------------------------------------------------
+LEFT = "Stopped. Every session is closed and I've left the voice channels."
+LANGUAGE_SET = "Your speech will be translated into {language}."
+OPTED_OUT = (
+    "You're opted out: your voice is never sent for translation in this server. "
+    "`/translate optout enabled:False` undoes it."
+)
+OPTED_IN = "You're opted back in: your voice is translated while Parley is in your channel."
+NOTICE_OFF = "**Live translation is off** in {source}."
+
+
+def language_label(code: str, name: str) -> str:
+    return f"{name} — {code}"
+
+
+def backend_label(backend: str) -> str:
+    """A backend name, or only the host of a URL backend (its path or query may carry tokens)."""
+    if "://" not in backend:
+        return backend
+    return urlsplit(backend).hostname or "a custom server"
+
+
+def where_audio_goes(backend: str) -> str:
+    """The privacy-relevant part of a backend: who receives members' audio (never a URL's path or query)."""
+    if backend == "local":
+        return "Parley's own offline server on this host (no audio leaves it)"
+    if backend in ("openai", "openai-realtime"):
+        return "OpenAI for translation"
+    host = urlsplit(backend).hostname
+    return f"the translation server at {host}" if host else "the configured translation server"
+
+
+def joined(source: str, output: str | None, captions: str | None) -> str:
+    parts = [f"Interpreting {source}."]
+    if output:
+        parts.append(f"Translations are spoken in {output}.")
+    if captions:
+        parts.append(f"Captions go to {captions}.")
+    return " ".join(parts)
+
+
+def consent_notice(source: str, backend: str, output: str | None, captions: str | None) -> str:
+    """Posted in the open when Parley joins: translation is on, where audio goes, how to stay out of it."""
+    back = "comes back translated"
+    if output:
+        back += f", spoken in {output}"
+    if captions:
+        back += f", with captions in {captions}"
+    return (
+        f"🔴 **Live translation is on** in {source}. What members say there is sent to {where_audio_goes(backend)} "
+        f"and {back}.\n"
+        "Don't want your voice translated? Run `/translate optout`: your audio is then never sent anywhere. "
+        "`/translate leave` stops it for everyone."
+    )
+
+
+def status(
+    *,
+    backend: str,
+    source: str,
+    output: str | None,
+    captions: str | None,
+    speakers: list[tuple[str, str, bool]],
+    opted_out: int,
+    usd_today: float,
+    budget_usd: float | None,
+    you: str,
+) -> str:
+    """`speakers` holds (mention, target language, connected) for each member being translated."""
+    lines = [f"**Interpreting** {source} via {backend_label(backend)}."]
+    if output or captions:
+        lines.append(f"Output: {output or '—'} · Captions: {captions or '—'}")
+    if speakers:
+        shown = [f"{who} → {lang}{'' if live else ' (idle)'}" for who, lang, live in speakers[:10]]
+        more = f" and {len(speakers) - 10} more" if len(speakers) > 10 else ""
+        lines.append(f"Speakers: {', '.join(shown)}{more}")
+    else:
+        lines.append("Speakers: nobody is talking right now.")
+    lines.append(f"Opted out here: {opted_out}")
+    lines.append(f"Cost today: {cost(usd_today, budget_usd)}")
+    lines.append(you)
+    return "\n".join(lines)
+
+
+def cost(usd: float, budget_usd: float | None) -> str:
+    return f"${usd:.2f}" + (f" of ${budget_usd:.2f} budget" if budget_usd is not None else "")
+
+
+def you(language: str, opted_out: bool, default: bool) -> str:
+    lang = f"{language} (server default)" if default else language
+    return f"You: {'opted out' if opted_out else 'translated into ' + lang}."

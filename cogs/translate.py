@@ -1,0 +1,275 @@
+"""`/translate join | leave | language | status | optout`: parse, check, call the RoomService and the Store.
+
+Thin on purpose: rooms, sessions and costs live behind `RoomService`; preferences live in `Store`. Every
+reply is short and ephemeral; only the consent notice on join (and the "off" notice on leave) is public.
+
+Permissions:
+- join: the invoker must be in a voice channel (it becomes the source); anyone there may start it, since
+  the public notice tells everyone and each member can opt out. An output/caption channel must be one the
+  invoker can see, and Parley must be able to post in the caption channel.
+- leave: members in the source channel, or anyone with Manage Channels.
+- language, optout, status: any member, about themselves. All commands are server-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import cache
+from typing import Any
+
+import discord
+import langcodes
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Settings, check_language
+from bot.pipeline.service import PipelineError, RoomService, RoomStatus
+from bot.store import Store, StoreError
+from cogs import messages as say
+
+log = logging.getLogger(__name__)
+
+# Offered by autocomplete; any other valid code is accepted too.
+COMMON_LANGUAGES = (
+    "en", "es", "fr", "de", "it", "pt", "pt-BR", "nl", "pl", "ru", "uk", "tr", "ar", "he", "hi", "bn",
+    "ja", "ko", "zh", "zh-Hant", "vi", "th", "id", "sv", "ca", "eo", "el", "cs", "ro", "hu", "fi", "da",
+)
+_NOT_LANGUAGES = {"und", "zxx", "mul", "mis"}
+_NO_MENTIONS = discord.AllowedMentions.none()
+
+
+@cache
+def language_name(code: str) -> str:
+    return langcodes.Language.get(code).display_name()
+
+
+def parse_language(raw: str) -> str | None:
+    """A registered language tag in standard form (`pt-br` → `pt-BR`), or None if it isn't one."""
+    try:
+        tag = langcodes.standardize_tag(raw.strip().replace("_", "-"))
+        lang = langcodes.Language.get(tag)
+        check_language(tag)
+    except (ValueError, langcodes.LanguageTagError):
+        return None
+    if not lang.is_valid() or lang.language in _NOT_LANGUAGES:
+        return None
+    return tag
+
+
+class TranslateCog(commands.Cog):
+    """The `/translate` group. Add with `await bot.add_cog(TranslateCog(bot, rooms, store, settings))`."""
+
+    translate = app_commands.Group(name="translate", description=say.GROUP, guild_only=True)
+
+    def __init__(self, bot: commands.Bot, rooms: RoomService, store: Store, settings: Settings) -> None:
+        self.bot = bot
+        self.rooms = rooms
+        self.store = store
+        self.settings = settings
+
+    async def cog_load(self) -> None:
+        await asyncio.to_thread(language_choices, "")  # langcodes loads its name data once, off the loop
+
+    # -- join / leave ---------------------------------------------------------------------------
+
+    @translate.command(name="join", description=say.JOIN)
+    @app_commands.describe(output_channel=say.JOIN_OUTPUT, caption_channel=say.JOIN_CAPTIONS)
+    async def join(
+        self,
+        interaction: discord.Interaction,
+        output_channel: discord.VoiceChannel | None = None,
+        caption_channel: discord.TextChannel | None = None,
+    ) -> None:
+        guild, member = interaction.guild, interaction.user
+        if guild is None:
+            return await self._reply(interaction, say.GUILD_ONLY)
+        voice = getattr(member, "voice", None)
+        source = voice.channel if voice is not None else None
+        if source is None:
+            return await self._reply(interaction, say.NOT_IN_VOICE)
+        try:
+            remembered = await self.store.guild(guild.id)
+        except StoreError:
+            log.exception("store unavailable on join")
+            return await self._reply(interaction, say.STORE_DOWN)
+        output: Any = output_channel or _channel(guild, remembered.output_channel_id)
+        captions: Any = caption_channel or _channel(guild, remembered.caption_channel_id)
+        if output is not None and output.id == source.id:
+            return await self._reply(interaction, say.SAME_CHANNEL)
+        for channel in (output, captions):
+            if channel is not None and not channel.permissions_for(member).view_channel:
+                return await self._reply(interaction, say.CANNOT_SEE.format(channel=channel.mention))
+        if captions is not None and not captions.permissions_for(guild.me).send_messages:
+            return await self._reply(interaction, say.CANNOT_POST.format(channel=captions.mention))
+
+        await interaction.response.defer(ephemeral=True, thinking=True)  # joining voice can take seconds
+        try:
+            room = await self.rooms.join(
+                guild.id, source.id, output.id if output else None, captions.id if captions else None
+            )
+        except PipelineError as e:
+            return await self._reply(interaction, str(e))
+        out, cap = _mention(room.output_channel_id), _mention(room.caption_channel_id)
+        notice = say.consent_notice(source.mention, room.backend or self.settings.backend, out, cap)
+        if not await self._announce(notice, source, interaction.channel):
+            with contextlib.suppress(PipelineError):
+                await self.rooms.leave(guild.id)
+            return await self._reply(interaction, say.NOTICE_FAILED.format(channel=source.mention))
+        try:
+            await self.store.set_guild_channels(guild.id, room.output_channel_id, room.caption_channel_id)
+        except StoreError:  # the room runs; only next time's defaults are lost
+            log.exception("could not remember the channels of guild %s", guild.id)
+        await self._reply(interaction, say.joined(source.mention, out, cap))
+
+    @translate.command(name="leave", description=say.LEAVE)
+    async def leave(self, interaction: discord.Interaction) -> None:
+        guild = interaction.guild
+        if guild is None:
+            return await self._reply(interaction, say.GUILD_ONLY)
+        room = self.rooms.status(guild.id)
+        if room is None:
+            return await self._reply(interaction, say.NOT_RUNNING)
+        voice = getattr(interaction.user, "voice", None)
+        in_source = voice is not None and voice.channel is not None and voice.channel.id == room.source_channel_id
+        if not (in_source or interaction.permissions.manage_channels):
+            return await self._reply(interaction, say.LEAVE_DENIED.format(channel=_mention(room.source_channel_id)))
+        await interaction.response.defer(ephemeral=True, thinking=True)  # sessions flush their last words
+        try:
+            await self.rooms.leave(guild.id)
+        except PipelineError as e:
+            return await self._reply(interaction, str(e))
+        source = guild.get_channel(room.source_channel_id)
+        if source is not None:
+            await self._announce(say.NOTICE_OFF.format(source=source.mention), source, None)
+        await self._reply(interaction, say.LEFT)
+
+    # -- member preferences ---------------------------------------------------------------------
+
+    @translate.command(name="language", description=say.LANGUAGE)
+    @app_commands.describe(code=say.LANGUAGE_CODE)
+    async def language(self, interaction: discord.Interaction, code: str) -> None:
+        if interaction.guild is None:
+            return await self._reply(interaction, say.GUILD_ONLY)
+        tag = parse_language(code)
+        if tag is None:
+            return await self._reply(interaction, say.BAD_LANGUAGE.format(code=code.strip().replace("`", "")[:20]))
+        gid, uid = interaction.guild.id, interaction.user.id
+        try:
+            await self.rooms.set_language(gid, uid, tag)  # first: the backend may not speak it
+            await self.store.set_language(gid, uid, tag)
+        except PipelineError as e:
+            return await self._reply(interaction, str(e))
+        except StoreError:
+            log.exception("store unavailable on language")
+            return await self._reply(interaction, say.STORE_DOWN)
+        await self._reply(interaction, say.LANGUAGE_SET.format(language=say.language_label(tag, language_name(tag))))
+
+    @language.autocomplete("code")
+    async def language_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return language_choices(current)
+
+    @translate.command(name="optout", description=say.OPTOUT)
+    @app_commands.describe(enabled=say.OPTOUT_ENABLED)
+    async def optout(self, interaction: discord.Interaction, enabled: bool = True) -> None:
+        if interaction.guild is None:
+            return await self._reply(interaction, say.GUILD_ONLY)
+        gid, uid = interaction.guild.id, interaction.user.id
+        try:
+            await self.store.set_opt_out(gid, uid, enabled)  # first: the choice sticks even if the room is down
+            await self.rooms.set_opt_out(gid, uid, enabled)
+        except PipelineError as e:
+            return await self._reply(interaction, str(e))
+        except StoreError:
+            log.exception("store unavailable on optout")
+            return await self._reply(interaction, say.STORE_DOWN)
+        await self._reply(interaction, say.OPTED_OUT if enabled else say.OPTED_IN)
+
+    @translate.command(name="status", description=say.STATUS)
+    async def status(self, interaction: discord.Interaction) -> None:
+        if interaction.guild is None:
+            return await self._reply(interaction, say.GUILD_ONLY)
+        gid = interaction.guild.id
+        try:
+            me = await self.store.member(gid, interaction.user.id)
+            room: RoomStatus | None = self.rooms.status(gid)
+            spent = room.usd_today if room is not None else await self.store.spend_today(gid)
+        except StoreError:
+            log.exception("store unavailable on status")
+            return await self._reply(interaction, say.STORE_DOWN)
+        you = say.you(me.language_or(self.settings.target_language), me.opted_out, me.target_language is None)
+        if room is None:
+            budget = self.settings.caps.daily_budget_usd
+            text = f"{say.NOT_RUNNING}\nCost today: {say.cost(spent, budget)}\n{you}"
+            return await self._reply(interaction, text)
+        await self._reply(
+            interaction,
+            say.status(
+                backend=room.backend,
+                source=_mention(room.source_channel_id) or "?",
+                output=_mention(room.output_channel_id),
+                captions=_mention(room.caption_channel_id),
+                speakers=[(f"<@{s.user_id}>", s.target_language, s.connected) for s in room.speakers],
+                opted_out=room.opted_out,
+                usd_today=spent,
+                budget_usd=self.settings.caps.daily_budget_usd,
+                you=you,
+            ),
+        )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def cog_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """Anything not handled above: a short ephemeral line for the member, the traceback for the log."""
+        if isinstance(error, app_commands.NoPrivateMessage):
+            text = say.GUILD_ONLY
+        else:
+            log.error("/translate failed", exc_info=error)
+            text = say.UNEXPECTED
+        with contextlib.suppress(discord.HTTPException):
+            await self._reply(interaction, text)
+
+    async def _reply(self, interaction: discord.Interaction, text: str) -> None:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=_NO_MENTIONS)
+        else:
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=_NO_MENTIONS)
+
+    async def _announce(self, text: str, *channels: Any) -> bool:
+        """Post publicly in the first channel that accepts it (the voice channel's chat, else where asked)."""
+        for channel in channels:
+            if channel is None:
+                continue
+            try:
+                await channel.send(text, allowed_mentions=_NO_MENTIONS)
+                return True
+            except discord.HTTPException as e:
+                log.warning("could not post in channel %s: %s", getattr(channel, "id", "?"), e)
+        return False
+
+
+def language_choices(current: str) -> list[app_commands.Choice[str]]:
+    """Up to 25 common languages matching what the member typed (code prefix or name), plus a valid code typed."""
+    needle = current.strip().lower()
+    found = [
+        app_commands.Choice(name=say.language_label(code, language_name(code)), value=code)
+        for code in COMMON_LANGUAGES
+        if code.lower().startswith(needle) or needle in language_name(code).lower()
+    ]
+    typed = parse_language(current) if needle else None
+    if typed is not None and typed not in COMMON_LANGUAGES:
+        found.insert(0, app_commands.Choice(name=say.language_label(typed, language_name(typed)), value=typed))
+    return found[:25]
+
+
+def _channel(guild: discord.Guild, channel_id: int | None) -> Any:
+    return guild.get_channel(channel_id) if channel_id is not None else None
+
+
+def _mention(channel_id: int | None) -> str | None:
+    return f"<#{channel_id}>" if channel_id is not None else None

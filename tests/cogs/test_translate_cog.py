@@ -1,0 +1,412 @@
+"""The /translate cog on discord.py's own command tree, a real SQLite Store and a recording RoomService.
+
+No Discord connection exists here: the payloads are what discord.py would sync, and the callbacks are the
+ones registered on the tree, invoked with a small Interaction stand-in that records every reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.pipeline.service import PipelineError, RoomStatus, SpeakerStatus
+from bot.store import Store
+from cogs import messages as say
+from cogs.translate import TranslateCog, language_choices, parse_language
+
+GUILD, ME, BOT_ID = 900, 42, 7
+
+
+# -- stand-ins --------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FakeChannel:
+    id: int
+    hidden_from: set[int] = field(default_factory=set)  # user ids that can't see it
+    mute_for_bot: bool = False  # Parley lacks Send Messages
+    refuse_posts: bool = False  # send() raises Forbidden
+    posted: list[str] = field(default_factory=list)
+
+    @property
+    def mention(self) -> str:
+        return f"<#{self.id}>"
+
+    def permissions_for(self, who: Any) -> discord.Permissions:
+        return discord.Permissions(
+            view_channel=who.id not in self.hidden_from, send_messages=not (who.id == BOT_ID and self.mute_for_bot)
+        )
+
+    async def send(self, content: str, **_: Any) -> None:
+        if self.refuse_posts:
+            raise discord.Forbidden(SimpleNamespace(status=403, reason="Forbidden"), "Missing Permissions")
+        self.posted.append(content)
+
+
+class FakeGuild:
+    def __init__(self, *channels: FakeChannel) -> None:
+        self.id = GUILD
+        self.me = SimpleNamespace(id=BOT_ID)
+        self.channels = {c.id: c for c in channels}
+
+    def get_channel(self, channel_id: int) -> FakeChannel | None:
+        return self.channels.get(channel_id)
+
+
+class FakeResponse:
+    def __init__(self, replies: list[tuple[str, bool]]) -> None:
+        self.replies = replies
+        self.deferred: bool | None = None
+        self._done = False
+
+    def is_done(self) -> bool:
+        return self._done
+
+    async def send_message(self, content: str, *, ephemeral: bool = False, **_: Any) -> None:
+        assert not self._done, "an interaction is answered once"
+        self._done = True
+        self.replies.append((content, ephemeral))
+
+    async def defer(self, *, ephemeral: bool = False, thinking: bool = False) -> None:
+        assert not self._done
+        self._done, self.deferred = True, ephemeral
+
+
+class FakeFollowup:
+    def __init__(self, replies: list[tuple[str, bool]]) -> None:
+        self.replies = replies
+
+    async def send(self, content: str, *, ephemeral: bool = False, **_: Any) -> None:
+        self.replies.append((content, ephemeral))
+
+
+class FakeInteraction:
+    def __init__(self, guild: FakeGuild | None, voice: FakeChannel | None = None, *, manage_channels: bool = False,
+                 channel: FakeChannel | None = None) -> None:
+        self.replies: list[tuple[str, bool]] = []
+        self.guild = guild
+        self.user = SimpleNamespace(id=ME, mention=f"<@{ME}>",
+                                    voice=SimpleNamespace(channel=voice) if voice is not None else None)
+        self.permissions = discord.Permissions(manage_channels=manage_channels)
+        self.channel = channel
+        self.response = FakeResponse(self.replies)
+        self.followup = FakeFollowup(self.replies)
+
+    @property
+    def reply(self) -> str:
+        """The one reply this interaction got; every reply must be ephemeral."""
+        assert len(self.replies) == 1, self.replies
+        text, ephemeral = self.replies[0]
+        assert ephemeral, text
+        return text
+
+
+class FakeRooms:
+    """A RoomService that records what the cog asked of it."""
+
+    def __init__(self, backend: str = "openai") -> None:
+        self.backend = backend
+        self.calls: list[tuple[Any, ...]] = []
+        self.rooms: dict[int, RoomStatus] = {}
+        self.fail: PipelineError | None = None
+
+    async def join(self, guild_id: int, source: int, output: int | None, captions: int | None) -> RoomStatus:
+        self.calls.append(("join", guild_id, source, output, captions))
+        if self.fail:
+            raise self.fail
+        self.rooms[guild_id] = RoomStatus(guild_id, source, output, captions, self.backend)
+        return self.rooms[guild_id]
+
+    async def leave(self, guild_id: int) -> None:
+        self.calls.append(("leave", guild_id))
+        self.rooms.pop(guild_id, None)
+
+    def status(self, guild_id: int) -> RoomStatus | None:
+        return self.rooms.get(guild_id)
+
+    async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
+        self.calls.append(("set_language", guild_id, user_id, language))
+        if self.fail:
+            raise self.fail
+
+    async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
+        self.calls.append(("set_opt_out", guild_id, user_id, opted_out))
+        if self.fail:
+            raise self.fail
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "parley.sqlite3")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def rooms() -> FakeRooms:
+    return FakeRooms()
+
+
+@pytest.fixture
+async def bot(rooms: FakeRooms, store: Store) -> commands.Bot:
+    b = commands.Bot(command_prefix="!", intents=discord.Intents.none())  # never logs in
+    await b.add_cog(TranslateCog(b, rooms, store, Settings(caps={"daily_budget_usd": 5.0})))
+    return b
+
+
+async def run(bot: commands.Bot, name: str, interaction: FakeInteraction, **options: Any) -> None:
+    """Invoke the callback registered on the tree, bound to the cog as discord.py would."""
+    group = bot.tree.get_command("translate")
+    assert isinstance(group, app_commands.Group)
+    command = group.get_command(name)
+    assert isinstance(command, app_commands.Command)
+    await command.callback(command.binding, interaction, **options)  # type: ignore[arg-type]
+
+
+# -- the payload discord.py would sync --------------------------------------------------------------
+
+
+async def test_registered_command_payloads(bot: commands.Bot) -> None:
+    (group,) = bot.tree.get_commands()
+    payload = group.to_dict(bot.tree)
+    assert payload["name"] == "translate" and payload["dm_permission"] is False
+    subs = {o["name"]: o for o in payload["options"]}
+    assert set(subs) == {"join", "leave", "language", "status", "optout"}
+    assert all(o["type"] == discord.AppCommandOptionType.subcommand.value for o in subs.values())
+
+    join = {o["name"]: o for o in subs["join"]["options"]}
+    assert join["output_channel"]["type"] == discord.AppCommandOptionType.channel.value
+    assert join["output_channel"]["channel_types"] == [discord.ChannelType.voice.value]
+    assert discord.ChannelType.text.value in join["caption_channel"]["channel_types"]
+    assert not join["output_channel"]["required"] and not join["caption_channel"]["required"]
+
+    (code,) = subs["language"]["options"]
+    assert (code["name"], code["type"], code["required"], code["autocomplete"]) == (
+        "code", discord.AppCommandOptionType.string.value, True, True)
+    (enabled,) = subs["optout"]["options"]
+    assert (enabled["name"], enabled["type"], enabled["required"]) == (
+        "enabled", discord.AppCommandOptionType.boolean.value, False)
+    assert subs["leave"]["options"] == [] and subs["status"]["options"] == []
+    assert all(0 < len(o["description"]) <= 100 for o in [*subs.values(), *join.values(), code, enabled])
+
+
+def test_language_parsing_and_autocomplete() -> None:
+    assert [parse_language(x) for x in ("es", "pt_br", " PT-br ", "zh-Hant")] == ["es", "pt-BR", "pt-BR", "zh-Hant"]
+    assert [parse_language(x) for x in ("Spanish", "xx", "zxx", "", "e", "es-ZZZZZZZZZ")] == [None] * 6
+    assert [c.value for c in language_choices("span")] == ["es"]
+    assert {"pt", "pt-BR"} <= {c.value for c in language_choices("portu")}
+    assert language_choices("xh")[0].value == "xh"  # a valid code outside the common list is offered
+    assert len(language_choices("")) == 25
+    assert all(len(c.name) <= 100 for c in language_choices(""))
+
+
+# -- language ----------------------------------------------------------------------------------------
+
+
+async def test_bad_language_is_an_ephemeral_error_and_nothing_is_persisted(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "language", ia, code="Klingonish")
+    assert "isn't a language code" in ia.reply and "Klingonish" in ia.reply
+    assert rooms.calls == []
+    assert (await store.member(GUILD, ME)).target_language is None
+
+
+async def test_language_persists_and_calls_the_service(bot: commands.Bot, rooms: FakeRooms, store: Store) -> None:
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "language", ia, code="pt_br")
+    assert "Portuguese (Brazil)" in ia.reply and "pt-BR" in ia.reply
+    assert rooms.calls == [("set_language", GUILD, ME, "pt-BR")]
+    assert (await store.member(GUILD, ME)).target_language == "pt-BR"
+
+
+async def test_language_refused_by_the_pipeline_is_relayed_and_not_persisted(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    rooms.fail = PipelineError("The local backend can't translate into Xhosa yet.")
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "language", ia, code="xh")
+    assert ia.reply == "The local backend can't translate into Xhosa yet."
+    assert (await store.member(GUILD, ME)).target_language is None
+
+
+# -- optout ------------------------------------------------------------------------------------------
+
+
+async def test_optout_persists_and_calls_the_service(bot: commands.Bot, rooms: FakeRooms, store: Store) -> None:
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "optout", ia)  # enabled defaults to True
+    assert ia.reply == say.OPTED_OUT
+    assert await store.opted_out_members(GUILD) == {ME}
+    assert rooms.calls == [("set_opt_out", GUILD, ME, True)]
+
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "optout", ia, enabled=False)
+    assert ia.reply == say.OPTED_IN
+    assert await store.opted_out_members(GUILD) == set()
+    assert rooms.calls[-1] == ("set_opt_out", GUILD, ME, False)
+
+
+async def test_optout_sticks_even_when_the_pipeline_fails(bot: commands.Bot, rooms: FakeRooms, store: Store) -> None:
+    rooms.fail = PipelineError("The voice connection is restarting; try again in a few seconds.")
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "optout", ia)
+    assert ia.reply == "The voice connection is restarting; try again in a few seconds."
+    assert await store.opted_out_members(GUILD) == {ME}
+
+
+# -- join --------------------------------------------------------------------------------------------
+
+
+async def test_join_outside_a_voice_channel_is_an_ephemeral_error(bot: commands.Bot, rooms: FakeRooms) -> None:
+    text = FakeChannel(3)
+    ia = FakeInteraction(FakeGuild(text), voice=None, channel=text, manage_channels=True)
+    await run(bot, "join", ia)
+    assert ia.reply == say.NOT_IN_VOICE
+    assert rooms.calls == [] and text.posted == []
+
+
+async def test_join_posts_the_consent_notice_and_remembers_channels(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    source, output, captions, here = FakeChannel(1), FakeChannel(2), FakeChannel(3), FakeChannel(4)
+    guild = FakeGuild(source, output, captions, here)
+    ia = FakeInteraction(guild, voice=source, channel=here)
+    await run(bot, "join", ia, output_channel=output, caption_channel=captions)
+
+    assert ia.response.deferred is True  # ephemeral "thinking…" while voice connects
+    assert rooms.calls == [("join", GUILD, 1, 2, 3)]
+    (notice,) = source.posted  # public, in the voice channel's chat, where the people being heard are
+    assert "Live translation is on" in notice and "OpenAI" in notice and "/translate optout" in notice
+    assert "<#2>" in notice and "<#3>" in notice
+    assert here.posted == []
+    assert ia.reply == say.joined("<#1>", "<#2>", "<#3>")
+    remembered = await store.guild(GUILD)
+    assert (remembered.output_channel_id, remembered.caption_channel_id) == (2, 3)
+
+    # next time, no options: the remembered channels are used
+    await rooms.leave(GUILD)
+    ia = FakeInteraction(guild, voice=source, channel=here)
+    await run(bot, "join", ia)
+    assert rooms.calls[-1] == ("join", GUILD, 1, 2, 3)
+
+
+async def test_join_with_the_local_backend_says_no_audio_leaves(bot: commands.Bot, rooms: FakeRooms) -> None:
+    rooms.backend = "local"
+    source = FakeChannel(1)
+    ia = FakeInteraction(FakeGuild(source), voice=source)
+    await run(bot, "join", ia)
+    (notice,) = source.posted
+    assert "no audio leaves" in notice and "OpenAI" not in notice
+    assert rooms.calls == [("join", GUILD, 1, None, None)]
+
+
+async def test_join_pipeline_error_is_relayed_ephemerally(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    rooms.fail = PipelineError("Parley is already interpreting #general in this server.")
+    source, output = FakeChannel(1), FakeChannel(2)
+    ia = FakeInteraction(FakeGuild(source, output), voice=source)
+    await run(bot, "join", ia, output_channel=output)
+    assert ia.reply == "Parley is already interpreting #general in this server."
+    assert source.posted == []  # no notice for a room that did not start
+    assert (await store.guild(GUILD)).output_channel_id is None
+
+
+async def test_join_without_a_public_notice_does_not_run(bot: commands.Bot, rooms: FakeRooms) -> None:
+    source, here = FakeChannel(1, refuse_posts=True), FakeChannel(4, refuse_posts=True)
+    ia = FakeInteraction(FakeGuild(source, here), voice=source, channel=here)
+    await run(bot, "join", ia)
+    assert ia.reply == say.NOTICE_FAILED.format(channel="<#1>")
+    assert [c[0] for c in rooms.calls] == ["join", "leave"]
+
+    # the voice chat refuses but the channel the command came from accepts: the notice goes there
+    rooms.calls.clear()
+    here.refuse_posts = False
+    ia = FakeInteraction(FakeGuild(source, here), voice=source, channel=here)
+    await run(bot, "join", ia)
+    assert len(here.posted) == 1 and "Live translation is on" in here.posted[0]
+    assert [c[0] for c in rooms.calls] == ["join"]
+
+
+async def test_join_checks_the_channels_before_starting(bot: commands.Bot, rooms: FakeRooms) -> None:
+    source = FakeChannel(1)
+    hidden, mute = FakeChannel(2, hidden_from={ME}), FakeChannel(3, mute_for_bot=True)
+    guild = FakeGuild(source, hidden, mute)
+    for options, expected in (
+        ({"output_channel": source}, say.SAME_CHANNEL),
+        ({"output_channel": hidden}, say.CANNOT_SEE.format(channel="<#2>")),
+        ({"caption_channel": mute}, say.CANNOT_POST.format(channel="<#3>")),
+    ):
+        ia = FakeInteraction(guild, voice=source)
+        await run(bot, "join", ia, **options)
+        assert ia.reply == expected
+    assert rooms.calls == []
+
+
+# -- leave / status ----------------------------------------------------------------------------------
+
+
+async def test_leave_needs_the_source_channel_or_manage_channels(bot: commands.Bot, rooms: FakeRooms) -> None:
+    source, elsewhere = FakeChannel(1), FakeChannel(5)
+    guild = FakeGuild(source, elsewhere)
+    ia = FakeInteraction(guild, voice=source)
+    await run(bot, "leave", ia)
+    assert ia.reply == say.NOT_RUNNING
+
+    await rooms.join(GUILD, 1, None, None)
+    ia = FakeInteraction(guild, voice=elsewhere)
+    await run(bot, "leave", ia)
+    assert ia.reply == say.LEAVE_DENIED.format(channel="<#1>")
+    assert rooms.status(GUILD) is not None
+
+    ia = FakeInteraction(guild, voice=None, manage_channels=True)
+    await run(bot, "leave", ia)
+    assert ia.reply == say.LEFT and rooms.status(GUILD) is None
+    assert source.posted == [say.NOTICE_OFF.format(source="<#1>")]
+
+    await rooms.join(GUILD, 1, None, None)
+    ia = FakeInteraction(guild, voice=source)  # a member of the source channel may stop it
+    await run(bot, "leave", ia)
+    assert ia.reply == say.LEFT and rooms.calls[-1] == ("leave", GUILD)
+
+
+async def test_status_without_and_with_a_room(bot: commands.Bot, rooms: FakeRooms, store: Store) -> None:
+    await store.add_spend(GUILD, 1.25)
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert say.NOT_RUNNING in ia.reply and "$1.25 of $5.00" in ia.reply and "en (server default)" in ia.reply
+
+    await store.set_opt_out(GUILD, ME, True)
+    rooms.rooms[GUILD] = RoomStatus(
+        GUILD, 1, 2, None, "ws://10.0.0.5:9000/v1?token=secret",
+        speakers=[SpeakerStatus(11, "es", True, 30.0, 0.02), SpeakerStatus(12, "fr", False, 5.0, 0.0)],
+        opted_out=3, usd_today=0.5,
+    )
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    text = ia.reply
+    assert "via 10.0.0.5" in text and "secret" not in text
+    assert "<@11> → es" in text and "<@12> → fr (idle)" in text
+    assert "Opted out here: 3" in text and "$0.50 of $5.00" in text and "You: opted out" in text
+
+
+async def test_unexpected_errors_become_a_short_ephemeral_reply(bot: commands.Bot) -> None:
+    cog = bot.get_cog("TranslateCog")
+    assert isinstance(cog, TranslateCog)
+    ia = FakeInteraction(FakeGuild())
+    await cog.cog_app_command_error(ia, app_commands.AppCommandError("boom"))  # type: ignore[arg-type]
+    assert ia.reply == say.UNEXPECTED and "boom" not in ia.reply

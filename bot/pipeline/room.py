@@ -39,7 +39,6 @@ class Room:
         language_of: Callable[[int], Awaitable[str]],
         on_output: OnOutput,
         on_spend: Callable[[int, float], Awaitable[None]] | None = None,
-        admit: Callable[[], bool] = lambda: True,
         opted_out: set[int] | None = None,
     ) -> None:
         self.guild_id = guild_id
@@ -55,7 +54,6 @@ class Room:
         self._language_of = language_of
         self._on_output = on_output
         self._on_spend = on_spend
-        self._admit = admit
         self._totals: dict[int, _Totals] = {}
         self._spent_usd = 0.0
 
@@ -70,7 +68,7 @@ class Room:
                 return
             speaker = Speaker(
                 user_id, self._language_of, self._open_session, self._on_output, self._session_closed,
-                self._idle_timeout_s, self._admit,
+                self._idle_timeout_s,
             )
             self.speakers[user_id] = speaker
             speaker.start()

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.pipeline.service import CapReached
 from bot.realtime.outputs import SessionError, SessionOutput
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 
@@ -39,7 +40,6 @@ class Speaker:
         on_output: OnOutput,
         on_closed: OnClosed,
         idle_timeout_s: float,
-        admit: Callable[[], bool] = lambda: True,
     ) -> None:
         self.user_id = user_id
         self.language: str | None = None
@@ -48,7 +48,6 @@ class Speaker:
         self._on_output = on_output
         self._on_closed = on_closed
         self._idle_timeout_s = idle_timeout_s
-        self._admit = admit
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.session: TranslationSession | None = None
         self.speaking = False
@@ -96,7 +95,7 @@ class Speaker:
             if end:
                 continue
             self.frames_in += 1
-            if loop.time() < self._retry_at or not self._admit():
+            if loop.time() < self._retry_at:
                 self.frames_refused += 1
                 continue
             session = await self._open()
@@ -118,6 +117,8 @@ class Speaker:
             self.language = await self._language_of(self.user_id)
         try:
             return await self._open_session(self.user_id, self.language)
+        except CapReached:
+            return None  # not an error: the member is translated once a session frees up
         except (SessionFatal, SessionUnavailable) as e:
             log.error("speaker %s: cannot open a session: %s", self.user_id, e)
             self._on_output(self.user_id, SessionError(None, str(e), fatal=True))

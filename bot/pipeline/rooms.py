@@ -1,0 +1,217 @@
+"""`RoomManager`: the `RoomService` the cog talks to — one `Room` per guild, with its voice connections.
+
+It owns what crosses rooms: the caps (concurrent sessions, daily budget), the session factory for the
+configured backend, and the glue to Discord — the listener's receiving voice connection, the speaker
+account's playback of the room's mix, the caption channel. Discord itself is reached only through
+small seams (`VoiceJoin`, `Playback`, `CaptionSink`) so the logic is testable offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bot.audio.mixer import Mixer
+from bot.config import Endpoint, Settings
+from bot.pipeline.room import Room
+from bot.pipeline.service import CapReached, PipelineError, RoomStatus
+from bot.realtime.outputs import SessionOutput, TranslatedAudio
+from bot.realtime.session import TranslationSession
+from bot.store import Store
+
+log = logging.getLogger("parley.pipeline")
+
+
+class VoiceJoin(Protocol):
+    """Joins a voice channel as the listener; returns (frames queue, disconnect)."""
+
+    async def __call__(
+        self, guild_id: int, channel_id: int
+    ) -> tuple[asyncio.Queue, Callable[[], Awaitable[None]]]: ...
+
+
+class Playback(Protocol):
+    async def play(self, guild_id: int, channel_id: int, mixer: Mixer) -> None: ...
+    async def stop(self, guild_id: int) -> None: ...
+
+
+CaptionSink = Callable[[int, int, SessionOutput], None]  # (guild_id, user_id, text output)
+
+
+@dataclass
+class _Running:
+    room: Room
+    mixer: Mixer
+    pump: asyncio.Task[None]
+    disconnect: Callable[[], Awaitable[None]]
+
+
+class RoomManager:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        endpoint: Endpoint,
+        join_voice: VoiceJoin,
+        playback: Playback | None = None,
+        captions: CaptionSink | None = None,
+        session_factory: Callable[..., TranslationSession] = TranslationSession,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.endpoint = endpoint
+        self._join_voice = join_voice
+        self._playback = playback
+        self._captions = captions
+        self._session_factory = session_factory
+        self._rooms: dict[int, _Running] = {}
+        self._open_sessions = 0
+        self._spend_today: dict[int, tuple[dt.date, float]] = {}
+        self._lock = asyncio.Lock()
+
+    # --- RoomService ----------------------------------------------------------------------------
+
+    async def join(
+        self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None
+    ) -> RoomStatus:
+        async with self._lock:
+            running = self._rooms.get(guild_id)
+            if running is not None:
+                raise PipelineError(
+                    f"Parley is already interpreting <#{running.room.source_channel_id}> here; "
+                    "use /translate leave first."
+                )
+            if output_channel_id == source_channel_id:
+                raise PipelineError("The output channel must differ from the channel being interpreted.")
+            self._spend_today[guild_id] = (dt.date.today(), await self.store.spend_today(guild_id))
+            opted_out = await self.store.opted_out_members(guild_id)
+            frames, disconnect = await self._join_voice(guild_id, source_channel_id)
+            mixer = Mixer()
+            try:
+                if self._playback is not None and output_channel_id is not None:
+                    await self._playback.play(guild_id, output_channel_id, mixer)
+            except Exception:
+                await disconnect()
+                raise
+            room = Room(
+                guild_id, source_channel_id, output_channel_id, caption_channel_id,
+                backend=self.settings.backend,
+                idle_timeout_s=self.settings.session.idle_timeout_s,
+                open_session=lambda uid, lang: self._open_session(guild_id, uid, lang),
+                language_of=lambda uid: self._language_of(guild_id, uid),
+                on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
+                on_spend=self._session_closed,
+                opted_out=opted_out,
+            )
+            pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
+            self._rooms[guild_id] = _Running(room, mixer, pump, disconnect)
+            await self.store.set_guild_channels(guild_id, output_channel_id, caption_channel_id)
+            log.info("room %s: interpreting channel %s via %s", guild_id, source_channel_id, self.settings.backend)
+            return room.status()
+
+    async def leave(self, guild_id: int) -> None:
+        async with self._lock:
+            running = self._rooms.pop(guild_id, None)
+        if running is None:
+            raise PipelineError("Parley is not interpreting anything in this server.")
+        running.pump.cancel()
+        with contextlib.suppress(BaseException):
+            await running.pump
+        await running.room.close()  # last words are still translated and played
+        if self._playback is not None:
+            with contextlib.suppress(Exception):
+                await self._playback.stop(guild_id)
+        with contextlib.suppress(Exception):
+            await running.disconnect()
+
+    def status(self, guild_id: int) -> RoomStatus | None:
+        running = self._rooms.get(guild_id)
+        return running.room.status() if running else None
+
+    async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
+        running = self._rooms.get(guild_id)
+        if running is not None:
+            await running.room.set_language(user_id, language)
+
+    async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
+        running = self._rooms.get(guild_id)
+        if running is not None:
+            await running.room.set_opt_out(user_id, opted_out)
+            if opted_out:
+                running.mixer.remove(user_id)
+
+    async def close(self) -> None:
+        for guild_id in list(self._rooms):
+            with contextlib.suppress(Exception):
+                await self.leave(guild_id)
+
+    # --- behind the rooms -----------------------------------------------------------------------
+
+    async def _open_session(self, guild_id: int, user_id: int, language: str) -> TranslationSession:
+        self._admit(guild_id)  # checked and counted with no await in between: no two speakers race past a cap
+        session = self._session_factory(self.endpoint, language, self.settings, name=f"speaker-{user_id}")
+        self._open_sessions += 1
+        try:
+            await session.open()
+        except BaseException:
+            self._open_sessions -= 1
+            raise
+        return session
+
+    async def _session_closed(self, guild_id: int, usd: float) -> None:
+        """A session ended: it no longer counts against max_sessions; its cost joins the ledger."""
+        self._open_sessions -= 1
+        day, total = self._spend_today.get(guild_id, (dt.date.today(), 0.0))
+        today = dt.date.today()
+        self._spend_today[guild_id] = (today, (total if day == today else 0.0) + usd)
+        if usd > 0:
+            await self.store.add_spend(guild_id, usd)
+
+    def _admit(self, guild_id: int) -> None:
+        """Caps: concurrent sessions in this process, and today's spend in this guild."""
+        caps = self.settings.caps
+        if self._open_sessions >= caps.max_sessions:
+            log.warning("room %s: max_sessions (%d) reached; a speaker waits", guild_id, caps.max_sessions)
+            raise CapReached(f"All {caps.max_sessions} translation sessions are in use.")
+        if caps.daily_budget_usd is not None:
+            day, total = self._spend_today.get(guild_id, (dt.date.today(), 0.0))
+            if day == dt.date.today() and total >= caps.daily_budget_usd:
+                log.warning("room %s: daily budget of $%.2f reached", guild_id, caps.daily_budget_usd)
+                raise CapReached(f"Today's translation budget (${caps.daily_budget_usd:.2f}) is spent.")
+
+    async def _language_of(self, guild_id: int, user_id: int) -> str:
+        prefs = await self.store.member(guild_id, user_id)
+        return prefs.language_or(self.settings.target_language)
+
+    def _route(self, guild_id: int, mixer: Mixer, user_id: int, out: SessionOutput) -> None:
+        if isinstance(out, TranslatedAudio):
+            mixer.push(user_id, out.pcm16)
+        elif self._captions is not None:
+            self._captions(guild_id, user_id, out)
+
+
+def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
+    """The listener's `VoiceJoin`: connect with Parley's receiving VoiceClient, muted (it only listens)."""
+    from bot.voice.client import ListeningVoiceClient
+
+    async def join(guild_id: int, channel_id: int) -> tuple[asyncio.Queue, Callable[[], Awaitable[None]]]:
+        guild = client.get_guild(guild_id)
+        channel = guild.get_channel(channel_id) if guild else None
+        if channel is None or not hasattr(channel, "connect"):
+            raise PipelineError("I can't see that voice channel.")
+        try:
+            vc = await channel.connect(cls=ListeningVoiceClient.configured(settings.voice), self_mute=True)
+        except Exception as e:  # discord.ClientException, timeouts, missing permission
+            raise PipelineError(f"I couldn't join {channel.mention}: {e}") from None
+
+        async def disconnect() -> None:
+            await vc.disconnect(force=True)
+
+        return vc.frames, disconnect
+
+    return join

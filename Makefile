@@ -22,7 +22,7 @@ system-deps:
 $(VENV)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[local,test,dev]'
+	$(BIN)/python -m pip install -q -e '.[local,piper,test,dev]'
 	touch $@
 
 deps: system-deps $(VENV)/.stamp

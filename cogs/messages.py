@@ -22,7 +22,7 @@ SAME_CHANNEL = "Pick a different output channel: playing translations into the s
 CANNOT_SEE = "You can't see {channel}, so it can't be used here."
 CANNOT_POST = "I can't send messages in {channel}. Give me Send Messages there, or pick another caption channel."
 NOTICE_FAILED = (
-    "I couldn't post the notice that translation is on in {channel}, so I stopped. "
+    "I couldn't post the notice that translation is on in {channel}, so I didn't start. "
     "Give me Send Messages there and try again."
 )
 NOT_RUNNING = "Parley isn't interpreting in this server. Start with `/translate join`."
@@ -39,6 +39,7 @@ OPTED_OUT = (
     "You're opted out: your voice is never sent for translation in this server. "
     "`/translate optout enabled:False` undoes it."
 )
+NOT_SAVED = "Done for this session, but I couldn't save it: run the command again later so it survives a restart."
 OPTED_IN = "You're opted back in: your voice is translated while Parley is in your channel."
 NOTICE_OFF = "**Live translation is off** in {source}."
 

@@ -26,7 +26,7 @@ from discord.ext import commands
 
 from bot.config import Settings, check_language
 from bot.pipeline.service import PipelineError, RoomService, RoomStatus
-from bot.store import Store, StoreError
+from bot.store import GuildSettings, Store, StoreError
 from cogs import messages as say
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ class TranslateCog(commands.Cog):
             return await self._reply(interaction, say.NOT_IN_VOICE)
         try:
             remembered = await self.store.guild(guild.id)
-        except StoreError:
+        except StoreError:  # joining matters more than remembered defaults
             log.exception("store unavailable on join")
-            return await self._reply(interaction, say.STORE_DOWN)
+            remembered = GuildSettings(guild.id)
         output: Any = output_channel or _channel(guild, remembered.output_channel_id)
         captions: Any = caption_channel or _channel(guild, remembered.caption_channel_id)
         if output is not None and output.id == source.id:
@@ -105,23 +105,29 @@ class TranslateCog(commands.Cog):
             return await self._reply(interaction, say.CANNOT_POST.format(channel=captions.mention))
 
         await interaction.response.defer(ephemeral=True, thinking=True)  # joining voice can take seconds
+        # The notice goes out before any audio can: no notice, no translation.
+        out, cap = (c.mention if c is not None else None for c in (output, captions))
+        notice = await self._announce(
+            say.consent_notice(source.mention, self.settings.backend, out, cap), source, interaction.channel
+        )
+        if notice is None:
+            return await self._reply(interaction, say.NOTICE_FAILED.format(channel=source.mention))
         try:
             room = await self.rooms.join(
                 guild.id, source.id, output.id if output else None, captions.id if captions else None
             )
         except PipelineError as e:
+            with contextlib.suppress(discord.HTTPException):
+                await notice.delete()  # it would announce a translation that is not happening
             return await self._reply(interaction, str(e))
-        out, cap = _mention(room.output_channel_id), _mention(room.caption_channel_id)
-        notice = say.consent_notice(source.mention, room.backend or self.settings.backend, out, cap)
-        if not await self._announce(notice, source, interaction.channel):
-            with contextlib.suppress(PipelineError):
-                await self.rooms.leave(guild.id)
-            return await self._reply(interaction, say.NOTICE_FAILED.format(channel=source.mention))
         try:
             await self.store.set_guild_channels(guild.id, room.output_channel_id, room.caption_channel_id)
         except StoreError:  # the room runs; only next time's defaults are lost
             log.exception("could not remember the channels of guild %s", guild.id)
-        await self._reply(interaction, say.joined(source.mention, out, cap))
+        await self._reply(
+            interaction,
+            say.joined(source.mention, _mention(room.output_channel_id), _mention(room.caption_channel_id)),
+        )
 
     @translate.command(name="leave", description=say.LEAVE)
     async def leave(self, interaction: discord.Interaction) -> None:
@@ -178,14 +184,18 @@ class TranslateCog(commands.Cog):
         if interaction.guild is None:
             return await self._reply(interaction, say.GUILD_ONLY)
         gid, uid = interaction.guild.id, interaction.user.id
+        saved = True
         try:
             await self.store.set_opt_out(gid, uid, enabled)  # first: the choice sticks even if the room is down
+        except StoreError:  # still honoured live below: privacy does not wait for the disk
+            log.exception("store unavailable on optout")
+            saved = False
+        try:
             await self.rooms.set_opt_out(gid, uid, enabled)
         except PipelineError as e:
             return await self._reply(interaction, str(e))
-        except StoreError:
-            log.exception("store unavailable on optout")
-            return await self._reply(interaction, say.STORE_DOWN)
+        if not saved:
+            return await self._reply(interaction, say.NOT_SAVED)
         await self._reply(interaction, say.OPTED_OUT if enabled else say.OPTED_IN)
 
     @translate.command(name="status", description=say.STATUS)
@@ -240,17 +250,16 @@ class TranslateCog(commands.Cog):
         else:
             await interaction.response.send_message(text, ephemeral=True, allowed_mentions=_NO_MENTIONS)
 
-    async def _announce(self, text: str, *channels: Any) -> bool:
+    async def _announce(self, text: str, *channels: Any) -> discord.Message | None:
         """Post publicly in the first channel that accepts it (the voice channel's chat, else where asked)."""
         for channel in channels:
             if channel is None:
                 continue
             try:
-                await channel.send(text, allowed_mentions=_NO_MENTIONS)
-                return True
+                return await channel.send(text, allowed_mentions=_NO_MENTIONS)
             except discord.HTTPException as e:
                 log.warning("could not post in channel %s: %s", getattr(channel, "id", "?"), e)
-        return False
+        return None
 
 
 def language_choices(current: str) -> list[app_commands.Choice[str]]:

@@ -35,7 +35,7 @@ class FakeChannel:
     hidden_from: set[int] = field(default_factory=set)  # user ids that can't see it
     mute_for_bot: bool = False  # Parley lacks Send Messages
     refuse_posts: bool = False  # send() raises Forbidden
-    posted: list[str] = field(default_factory=list)
+    posted: list[str] = field(default_factory=list)  # what is still up (a deleted message leaves)
 
     @property
     def mention(self) -> str:
@@ -46,10 +46,15 @@ class FakeChannel:
             view_channel=who.id not in self.hidden_from, send_messages=not (who.id == BOT_ID and self.mute_for_bot)
         )
 
-    async def send(self, content: str, **_: Any) -> None:
+    async def send(self, content: str, **_: Any) -> SimpleNamespace:
         if self.refuse_posts:
             raise discord.Forbidden(SimpleNamespace(status=403, reason="Forbidden"), "Missing Permissions")
         self.posted.append(content)
+
+        async def delete() -> None:
+            self.posted.remove(content)
+
+        return SimpleNamespace(content=content, delete=delete)
 
 
 class FakeGuild:
@@ -159,11 +164,15 @@ def rooms() -> FakeRooms:
     return FakeRooms()
 
 
+async def make_bot(rooms: FakeRooms, store: Store, **settings: Any) -> commands.Bot:
+    b = commands.Bot(command_prefix="!", intents=discord.Intents.none())  # never logs in
+    await b.add_cog(TranslateCog(b, rooms, store, Settings(**settings)))
+    return b
+
+
 @pytest.fixture
 async def bot(rooms: FakeRooms, store: Store) -> commands.Bot:
-    b = commands.Bot(command_prefix="!", intents=discord.Intents.none())  # never logs in
-    await b.add_cog(TranslateCog(b, rooms, store, Settings(caps={"daily_budget_usd": 5.0})))
-    return b
+    return await make_bot(rooms, store, caps={"daily_budget_usd": 5.0})
 
 
 async def run(bot: commands.Bot, name: str, interaction: FakeInteraction, **options: Any) -> None:
@@ -268,6 +277,25 @@ async def test_optout_sticks_even_when_the_pipeline_fails(bot: commands.Bot, roo
     assert await store.opted_out_members(GUILD) == {ME}
 
 
+async def test_a_broken_store_still_opts_out_live_and_says_it_was_not_saved(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    await store.close()
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "optout", ia)
+    assert ia.reply == say.NOT_SAVED
+    assert rooms.calls == [("set_opt_out", GUILD, ME, True)]
+    for command, options in (("status", {}), ("language", {"code": "es"})):
+        ia = FakeInteraction(FakeGuild())
+        await run(bot, command, ia, **options)
+        assert ia.reply == say.STORE_DOWN
+    source = FakeChannel(1)
+    ia = FakeInteraction(FakeGuild(source), voice=source)
+    await run(bot, "join", ia)  # the meeting goes on without remembered channels
+    assert rooms.calls[-1] == ("join", GUILD, 1, None, None) and len(source.posted) == 1
+    assert ia.reply == say.joined("<#1>", None, None)
+
+
 # -- join --------------------------------------------------------------------------------------------
 
 
@@ -304,8 +332,8 @@ async def test_join_posts_the_consent_notice_and_remembers_channels(
     assert rooms.calls[-1] == ("join", GUILD, 1, 2, 3)
 
 
-async def test_join_with_the_local_backend_says_no_audio_leaves(bot: commands.Bot, rooms: FakeRooms) -> None:
-    rooms.backend = "local"
+async def test_join_with_the_local_backend_says_no_audio_leaves(rooms: FakeRooms, store: Store) -> None:
+    bot = await make_bot(rooms, store, backend="local")
     source = FakeChannel(1)
     ia = FakeInteraction(FakeGuild(source), voice=source)
     await run(bot, "join", ia)
@@ -322,19 +350,19 @@ async def test_join_pipeline_error_is_relayed_ephemerally(
     ia = FakeInteraction(FakeGuild(source, output), voice=source)
     await run(bot, "join", ia, output_channel=output)
     assert ia.reply == "Parley is already interpreting #general in this server."
-    assert source.posted == []  # no notice for a room that did not start
+    assert rooms.calls == [("join", GUILD, 1, 2, None)]
+    assert source.posted == []  # the notice went out first, and was taken back when the room did not start
     assert (await store.guild(GUILD)).output_channel_id is None
 
 
-async def test_join_without_a_public_notice_does_not_run(bot: commands.Bot, rooms: FakeRooms) -> None:
+async def test_join_without_a_public_notice_does_not_start(bot: commands.Bot, rooms: FakeRooms) -> None:
     source, here = FakeChannel(1, refuse_posts=True), FakeChannel(4, refuse_posts=True)
     ia = FakeInteraction(FakeGuild(source, here), voice=source, channel=here)
     await run(bot, "join", ia)
     assert ia.reply == say.NOTICE_FAILED.format(channel="<#1>")
-    assert [c[0] for c in rooms.calls] == ["join", "leave"]
+    assert rooms.calls == []  # no audio is sent before members are told
 
     # the voice chat refuses but the channel the command came from accepts: the notice goes there
-    rooms.calls.clear()
     here.refuse_posts = False
     ia = FakeInteraction(FakeGuild(source, here), voice=source, channel=here)
     await run(bot, "join", ia)

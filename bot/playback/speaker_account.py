@@ -1,0 +1,121 @@
+"""`SpeakerAccount`: the second bot account, which plays a room's mix in the output voice channel.
+
+Discord allows one voice connection per account per guild, and the listener's is taken by the source
+channel, so playback needs its own `discord.Client` logged in with `DISCORD_SPEAKER_TOKEN`. It asks for
+no privileged intents (guilds + voice states) and joins self-deafened: it speaks, it never listens.
+Failures a member can act on (not invited, no permission, wrong channel) are `PlaybackError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import discord
+from pydantic import SecretStr
+
+from bot.audio.mixer import Mixer
+from bot.playback.source import MixerSource
+
+log = logging.getLogger("parley.playback")
+
+
+class PlaybackError(Exception):
+    """A short reason the speaker account cannot play (fit to show a member)."""
+
+
+def speaker_intents() -> discord.Intents:
+    """Guilds (the channel cache) and voice states (voice connections need them); nothing privileged."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.voice_states = True
+    return intents
+
+
+class SpeakerAccount:
+    def __init__(self, client: discord.Client | None = None, *, connect_timeout: float = 30.0) -> None:
+        self.client = client if client is not None else discord.Client(intents=speaker_intents())
+        self.connect_timeout = connect_timeout
+        self._runner: asyncio.Task[None] | None = None
+        self._sources: dict[int, MixerSource] = {}
+
+    async def start(self, token: SecretStr | str | None) -> None:
+        """Log in and wait until the guild cache is ready; raises PlaybackError if that fails."""
+        if isinstance(token, SecretStr):
+            token = token.get_secret_value()
+        if not token:
+            raise PlaybackError("DISCORD_SPEAKER_TOKEN is not set: the speaker account cannot play translations.")
+        try:
+            await self.client.login(token)
+        except discord.LoginFailure as exc:
+            raise PlaybackError("the speaker account's token was refused (DISCORD_SPEAKER_TOKEN).") from exc
+        self._runner = asyncio.create_task(self.client.connect(), name="speaker-account")
+        self._runner.add_done_callback(self._gateway_ended)
+        ready = asyncio.create_task(self.client.wait_until_ready())
+        await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # the gateway connection ended before READY
+            ready.cancel()
+            exc = self._runner.exception()
+            raise PlaybackError(f"the speaker account could not connect to Discord: {exc}") from exc
+
+    async def close(self) -> None:
+        """Stop every player, leave every voice channel, log out."""
+        for guild_id in list(self._sources):
+            with contextlib.suppress(Exception):
+                await self.stop(guild_id)
+        await self.client.close()
+        if self._runner is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+
+    async def play(self, guild_id: int, channel_id: int, mixer: Mixer) -> None:
+        """Join (or move to) `channel_id` and play `mixer` there, replacing whatever was playing."""
+        guild = self.client.get_guild(guild_id)
+        if guild is None:
+            raise PlaybackError("The speaker account is not in this server: invite it (see the README).")
+        channel = guild.get_channel(channel_id)
+        if not isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+            raise PlaybackError("The output channel must be a voice channel the speaker account can see.")
+        perms = channel.permissions_for(guild.me)
+        if not (perms.connect and perms.speak):
+            raise PlaybackError(f"The speaker account needs Connect and Speak in {channel.mention}.")
+        voice = guild.voice_client
+        try:
+            if not isinstance(voice, discord.VoiceClient):
+                voice = await channel.connect(timeout=self.connect_timeout, self_deaf=True)
+            elif voice.channel.id != channel_id:
+                await voice.move_to(channel, timeout=self.connect_timeout)
+        except (TimeoutError, discord.ClientException, discord.ConnectionClosed) as exc:
+            raise PlaybackError(f"The speaker account could not join {channel.mention}: {exc}") from exc
+        old = self._sources.pop(guild_id, None)
+        if old is not None:
+            old.close()
+        if voice.is_playing() or voice.is_paused():
+            voice.stop()
+        source = MixerSource(mixer)
+        self._sources[guild_id] = source
+        voice.play(source, after=lambda error: self._ended(guild_id, error))
+
+    async def stop(self, guild_id: int) -> None:
+        """Stop playing in `guild_id` and leave its voice channel (nothing to do if not there)."""
+        source = self._sources.pop(guild_id, None)
+        if source is not None:
+            source.close()
+        guild = self.client.get_guild(guild_id)
+        voice = guild.voice_client if guild is not None else None
+        if isinstance(voice, discord.VoiceClient):
+            voice.stop()
+            await voice.disconnect()
+
+    @staticmethod
+    def _gateway_ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("speaker account: gateway connection ended: %r", task.exception())
+
+    @staticmethod
+    def _ended(guild_id: int, error: Exception | None) -> None:
+        """discord.py's player thread ended (called on that thread): only log."""
+        if error is not None:
+            log.error("guild %s: playback stopped: %r", guild_id, error)

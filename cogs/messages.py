@@ -58,11 +58,11 @@ def backend_label(backend: str) -> str:
 def where_audio_goes(backend: str) -> str:
     """The privacy-relevant part of a backend: who receives members' audio (never a URL's path or query)."""
     if backend == "local":
-        return "Parley's own offline server on this host (no audio leaves it)"
+        return "translated on this host by Parley's own offline server (no audio leaves it)"
     if backend in ("openai", "openai-realtime"):
-        return "OpenAI for translation"
+        return "sent to OpenAI to be translated"
     host = urlsplit(backend).hostname
-    return f"the translation server at {host}" if host else "the configured translation server"
+    return f"sent to the translation server at {host or 'the configured address'} to be translated"
 
 
 def joined(source: str, output: str | None, captions: str | None) -> str:
@@ -74,18 +74,20 @@ def joined(source: str, output: str | None, captions: str | None) -> str:
     return " ".join(parts)
 
 
-def consent_notice(source: str, backend: str, output: str | None, captions: str | None) -> str:
+def consent_notice(
+    source: str, backend: str, output: str | None, captions: str | None, *, originals: bool = True
+) -> str:
     """Posted in the open when Parley joins: translation is on, where audio goes, how to stay out of it."""
-    back = "comes back translated"
+    then = []
     if output:
-        back += f", spoken in {output}"
+        then.append(f"spoken in {output}")
     if captions:
-        back += f", with captions in {captions}"
+        then.append(f"captioned ({'original and translation' if originals else 'translation'}) in {captions}")
     return (
-        f"🔴 **Live translation is on** in {source}. What members say there is sent to {where_audio_goes(backend)} "
-        f"and {back}.\n"
-        "Don't want your voice translated? Run `/translate optout`: your audio is then never sent anywhere. "
-        "`/translate leave` stops it for everyone."
+        f"🔴 **Live translation is on** in {source}. What members say there is {where_audio_goes(backend)}"
+        + (f", then {' and '.join(then)}" if then else "")
+        + ".\nDon't want your voice translated? Run `/translate optout`: Parley then ignores your voice entirely. "
+        "`/translate leave` stops it."
     )
 
 

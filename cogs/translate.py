@@ -107,9 +107,9 @@ class TranslateCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)  # joining voice can take seconds
         # The notice goes out before any audio can: no notice, no translation.
         out, cap = (c.mention if c is not None else None for c in (output, captions))
-        notice = await self._announce(
-            say.consent_notice(source.mention, self.settings.backend, out, cap), source, interaction.channel
-        )
+        originals = self.settings.models.transcription is not None  # source-language captions are on
+        text = say.consent_notice(source.mention, self.settings.backend, out, cap, originals=originals)
+        notice = await self._announce(text, source, interaction.channel)
         if notice is None:
             return await self._reply(interaction, say.NOTICE_FAILED.format(channel=source.mention))
         try:
@@ -162,6 +162,7 @@ class TranslateCog(commands.Cog):
         if tag is None:
             return await self._reply(interaction, say.BAD_LANGUAGE.format(code=code.strip().replace("`", "")[:20]))
         gid, uid = interaction.guild.id, interaction.user.id
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a live session may restart
         try:
             await self.rooms.set_language(gid, uid, tag)  # first: the backend may not speak it
             await self.store.set_language(gid, uid, tag)
@@ -184,6 +185,7 @@ class TranslateCog(commands.Cog):
         if interaction.guild is None:
             return await self._reply(interaction, say.GUILD_ONLY)
         gid, uid = interaction.guild.id, interaction.user.id
+        await interaction.response.defer(ephemeral=True, thinking=True)  # closing a live session takes a moment
         saved = True
         try:
             await self.store.set_opt_out(gid, uid, enabled)  # first: the choice sticks even if the room is down

@@ -111,7 +111,7 @@ class FakeInteraction:
         """The one reply this interaction got; every reply must be ephemeral."""
         assert len(self.replies) == 1, self.replies
         text, ephemeral = self.replies[0]
-        assert ephemeral, text
+        assert ephemeral and self.response.deferred in (None, True), text
         return text
 
 
@@ -319,7 +319,7 @@ async def test_join_posts_the_consent_notice_and_remembers_channels(
     assert rooms.calls == [("join", GUILD, 1, 2, 3)]
     (notice,) = source.posted  # public, in the voice channel's chat, where the people being heard are
     assert "Live translation is on" in notice and "OpenAI" in notice and "/translate optout" in notice
-    assert "<#2>" in notice and "<#3>" in notice
+    assert "<#2>" in notice and "captioned (original and translation) in <#3>" in notice
     assert here.posted == []
     assert ia.reply == say.joined("<#1>", "<#2>", "<#3>")
     remembered = await store.guild(GUILD)
@@ -333,13 +333,14 @@ async def test_join_posts_the_consent_notice_and_remembers_channels(
 
 
 async def test_join_with_the_local_backend_says_no_audio_leaves(rooms: FakeRooms, store: Store) -> None:
-    bot = await make_bot(rooms, store, backend="local")
-    source = FakeChannel(1)
-    ia = FakeInteraction(FakeGuild(source), voice=source)
-    await run(bot, "join", ia)
+    bot = await make_bot(rooms, store, backend="local", models={"transcription": None})
+    source, captions = FakeChannel(1), FakeChannel(3)
+    ia = FakeInteraction(FakeGuild(source, captions), voice=source)
+    await run(bot, "join", ia, caption_channel=captions)
     (notice,) = source.posted
     assert "no audio leaves" in notice and "OpenAI" not in notice
-    assert rooms.calls == [("join", GUILD, 1, None, None)]
+    assert "captioned (translation) in <#3>" in notice  # no source-language captions configured
+    assert rooms.calls == [("join", GUILD, 1, None, 3)]
 
 
 async def test_join_pipeline_error_is_relayed_ephemerally(

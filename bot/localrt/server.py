@@ -37,6 +37,7 @@ from bot.realtime.translation_events import (
     CLIENT_EVENT_TYPES,
     FRAME_MS,
     SAMPLE_RATE,
+    AnyServerEvent,
     ErrorDetail,
     ErrorEvent,
     InputAudioBufferAppend,
@@ -53,15 +54,7 @@ from bot.realtime.translation_events import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-ServerEvent = (
-    SessionCreated
-    | SessionUpdated
-    | SessionClosed
-    | InputTranscriptDelta
-    | OutputTranscriptDelta
-    | OutputAudioDelta
-    | ErrorEvent
-)
+ServerEvent = AnyServerEvent
 
 PATH = "/v1/realtime/translations"
 DEFAULT_MODEL = "gpt-realtime-translate"

@@ -158,16 +158,16 @@ class ErrorEvent(WireModel):
     error: ErrorDetail
 
 
-TranslationServerEvent = Annotated[
+AnyServerEvent = (
     SessionCreated
     | SessionUpdated
     | SessionClosed
     | InputTranscriptDelta
     | OutputTranscriptDelta
     | OutputAudioDelta
-    | ErrorEvent,
-    Field(discriminator="type"),
-]
+    | ErrorEvent
+)
+TranslationServerEvent = Annotated[AnyServerEvent, Field(discriminator="type")]
 SERVER_EVENT_TYPES = frozenset(
     {
         "session.created",

@@ -116,10 +116,12 @@ class TranslateCog(commands.Cog):
             room = await self.rooms.join(
                 guild.id, source.id, output.id if output else None, captions.id if captions else None
             )
-        except PipelineError as e:
+        except Exception as e:
             with contextlib.suppress(discord.HTTPException):
                 await notice.delete()  # it would announce a translation that is not happening
-            return await self._reply(interaction, str(e))
+            if isinstance(e, PipelineError):
+                return await self._reply(interaction, str(e))
+            raise  # cog_app_command_error answers and logs it
         try:
             await self.store.set_guild_channels(guild.id, room.output_channel_id, room.caption_channel_id)
         except StoreError:  # the room runs; only next time's defaults are lost

@@ -122,7 +122,7 @@ class FakeRooms:
         self.backend = backend
         self.calls: list[tuple[Any, ...]] = []
         self.rooms: dict[int, RoomStatus] = {}
-        self.fail: PipelineError | None = None
+        self.fail: Exception | None = None
 
     async def join(self, guild_id: int, source: int, output: int | None, captions: int | None) -> RoomStatus:
         self.calls.append(("join", guild_id, source, output, captions))
@@ -354,6 +354,15 @@ async def test_join_pipeline_error_is_relayed_ephemerally(
     assert rooms.calls == [("join", GUILD, 1, 2, None)]
     assert source.posted == []  # the notice went out first, and was taken back when the room did not start
     assert (await store.guild(GUILD)).output_channel_id is None
+
+
+async def test_join_failing_unexpectedly_takes_the_notice_back(bot: commands.Bot, rooms: FakeRooms) -> None:
+    rooms.fail = RuntimeError("voice handshake timed out")
+    source = FakeChannel(1)
+    ia = FakeInteraction(FakeGuild(source), voice=source)
+    with pytest.raises(RuntimeError):  # discord.py hands it to cog_app_command_error (tested below)
+        await run(bot, "join", ia)
+    assert source.posted == []
 
 
 async def test_join_without_a_public_notice_does_not_start(bot: commands.Bot, rooms: FakeRooms) -> None:

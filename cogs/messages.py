@@ -11,7 +11,7 @@ JOIN_OUTPUT = "Voice channel where the translations are spoken (remembered for n
 JOIN_CAPTIONS = "Text channel for captions (remembered for next time)"
 LEAVE = "Stop interpreting in this server"
 LANGUAGE = "Choose the language your speech is translated into"
-LANGUAGE_CODE = "A language code such as es, fr or pt-BR"
+LANGUAGE_CODE = "A language code such as es, fr or pt-BR (or its name)"
 STATUS = "What Parley is doing in this server"
 OPTOUT = "Keep your voice out of translation (never sent anywhere)"
 OPTOUT_ENABLED = "True: opt out (the default). False: opt back in"
@@ -27,7 +27,7 @@ NOTICE_FAILED = (
 )
 NOT_RUNNING = "Parley isn't interpreting in this server. Start with `/translate join`."
 LEAVE_DENIED = "Only members in {channel} or with Manage Channels can stop interpreting."
-BAD_LANGUAGE = "`{code}` isn't a language code I know. Try one like `es`, `fr` or `pt-BR`."
+BAD_LANGUAGE = "`{code}` isn't a language I know. Try a code like `es`, `fr` or `pt-BR`, or pick one from the list."
 STORE_DOWN = "I can't save preferences right now. Please try again in a moment."
 UNEXPECTED = "Something went wrong on my side; it has been logged. Please try again."
 GUILD_ONLY = "These commands work in a server, not in direct messages."

@@ -46,13 +46,24 @@ def language_name(code: str) -> str:
 
 
 def parse_language(raw: str) -> str | None:
-    """A registered language tag in standard form (`pt-br` → `pt-BR`), or None if it isn't one."""
+    """A registered language tag in standard form (`pt-br` → `pt-BR`, `Spanish` → `es`), or None."""
+    text = raw.strip().replace("_", "-")
     try:
-        tag = langcodes.standardize_tag(raw.strip().replace("_", "-"))
+        tag = langcodes.standardize_tag(text)
         lang = langcodes.Language.get(tag)
         check_language(tag)
     except (ValueError, langcodes.LanguageTagError):
-        return None
+        try:  # a language name, in English or in the language itself ("Spanish", "español")
+            lang = langcodes.find(text) if len(text) > 3 else None
+        except LookupError:
+            lang = None
+        if lang is None:
+            return None
+        tag = lang.to_tag()
+        try:
+            check_language(tag)
+        except ValueError:
+            return None
     if not lang.is_valid() or lang.language in _NOT_LANGUAGES:
         return None
     return tag
@@ -267,7 +278,7 @@ class TranslateCog(commands.Cog):
 
 
 def language_choices(current: str) -> list[app_commands.Choice[str]]:
-    """Up to 25 common languages matching what the member typed (code prefix or name), plus a valid code typed."""
+    """Up to 25 common languages matching what was typed (code prefix or name), led by any language it names."""
     needle = current.strip().lower()
     found = [
         app_commands.Choice(name=say.language_label(code, language_name(code)), value=code)
@@ -275,7 +286,7 @@ def language_choices(current: str) -> list[app_commands.Choice[str]]:
         if code.lower().startswith(needle) or needle in language_name(code).lower()
     ]
     typed = parse_language(current) if needle else None
-    if typed is not None and typed not in COMMON_LANGUAGES:
+    if typed is not None and typed not in {c.value for c in found}:
         found.insert(0, app_commands.Choice(name=say.language_label(typed, language_name(typed)), value=typed))
     return found[:25]
 

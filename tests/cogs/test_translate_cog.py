@@ -213,10 +213,13 @@ async def test_registered_command_payloads(bot: commands.Bot) -> None:
 
 def test_language_parsing_and_autocomplete() -> None:
     assert [parse_language(x) for x in ("es", "pt_br", " PT-br ", "zh-Hant")] == ["es", "pt-BR", "pt-BR", "zh-Hant"]
-    assert [parse_language(x) for x in ("Spanish", "xx", "zxx", "", "e", "es-ZZZZZZZZZ")] == [None] * 6
+    assert [parse_language(x) for x in ("Spanish", "español", "Brazilian Portuguese")] == ["es", "es", "pt-BR"]
+    bad = ("xx", "zxx", "", "e", "es-ZZZZZZZZZ", "Englsh", "not a language", "`rm -rf`")
+    assert [parse_language(x) for x in bad] == [None] * len(bad)
     assert [c.value for c in language_choices("span")] == ["es"]
     assert {"pt", "pt-BR"} <= {c.value for c in language_choices("portu")}
     assert language_choices("xh")[0].value == "xh"  # a valid code outside the common list is offered
+    assert language_choices("español")[0].value == "es"  # a name in the language itself
     assert len(language_choices("")) == 25
     assert all(len(c.name) <= 100 for c in language_choices(""))
 
@@ -228,8 +231,8 @@ async def test_bad_language_is_an_ephemeral_error_and_nothing_is_persisted(
     bot: commands.Bot, rooms: FakeRooms, store: Store
 ) -> None:
     ia = FakeInteraction(FakeGuild())
-    await run(bot, "language", ia, code="Klingonish")
-    assert "isn't a language code" in ia.reply and "Klingonish" in ia.reply
+    await run(bot, "language", ia, code="Englsh")
+    assert "isn't a language I know" in ia.reply and "Englsh" in ia.reply
     assert rooms.calls == []
     assert (await store.member(GUILD, ME)).target_language is None
 

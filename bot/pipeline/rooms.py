@@ -27,6 +27,11 @@ from bot.store import Store
 log = logging.getLogger("parley.pipeline")
 
 
+def _today() -> dt.date:
+    """The ledger's day, in UTC like the Store's."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 class VoiceJoin(Protocol):
     """Joins a voice channel as the listener; returns (frames queue, disconnect)."""
 
@@ -88,7 +93,7 @@ class RoomManager:
                 )
             if output_channel_id == source_channel_id:
                 raise PipelineError("The output channel must differ from the channel being interpreted.")
-            self._spend_today[guild_id] = (dt.date.today(), await self.store.spend_today(guild_id))
+            self._spend_today[guild_id] = (_today(), await self.store.spend_today(guild_id))
             opted_out = await self.store.opted_out_members(guild_id)
             frames, disconnect = await self._join_voice(guild_id, source_channel_id)
             mixer = Mixer()
@@ -110,7 +115,6 @@ class RoomManager:
             )
             pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
             self._rooms[guild_id] = _Running(room, mixer, pump, disconnect)
-            await self.store.set_guild_channels(guild_id, output_channel_id, caption_channel_id)
             log.info("room %s: interpreting channel %s via %s", guild_id, source_channel_id, self.settings.backend)
             return room.status()
 
@@ -166,8 +170,8 @@ class RoomManager:
     async def _session_closed(self, guild_id: int, usd: float) -> None:
         """A session ended: it no longer counts against max_sessions; its cost joins the ledger."""
         self._open_sessions -= 1
-        day, total = self._spend_today.get(guild_id, (dt.date.today(), 0.0))
-        today = dt.date.today()
+        day, total = self._spend_today.get(guild_id, (_today(), 0.0))
+        today = _today()
         self._spend_today[guild_id] = (today, (total if day == today else 0.0) + usd)
         if usd > 0:
             await self.store.add_spend(guild_id, usd)
@@ -179,8 +183,8 @@ class RoomManager:
             log.warning("room %s: max_sessions (%d) reached; a speaker waits", guild_id, caps.max_sessions)
             raise CapReached(f"All {caps.max_sessions} translation sessions are in use.")
         if caps.daily_budget_usd is not None:
-            day, total = self._spend_today.get(guild_id, (dt.date.today(), 0.0))
-            if day == dt.date.today() and total >= caps.daily_budget_usd:
+            day, total = self._spend_today.get(guild_id, (_today(), 0.0))
+            if day == _today() and total >= caps.daily_budget_usd:
                 log.warning("room %s: daily budget of $%.2f reached", guild_id, caps.daily_budget_usd)
                 raise CapReached(f"Today's translation budget (${caps.daily_budget_usd:.2f}) is spent.")
 

@@ -228,9 +228,10 @@ class CaptionPoster:
         self._messages: dict[int, discord.Message] = {}
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
-        if self._worker is None:
+        if self._worker is None and not self._stopping:
             self._worker = asyncio.create_task(self._run(), name="captions")
 
     def feed(self, key: int, output: SessionOutput) -> None:
@@ -247,15 +248,17 @@ class CaptionPoster:
         """Speaker `key` stopped (left, opted out, session closed): their message is complete."""
         self._enqueue(self.board.end(key, self._clock()))
 
-    async def close(self) -> None:
-        """Send every line's final text, then stop."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+    async def close(self, timeout: float = 10.0) -> None:
+        """Send every line's final text (waiting at most `timeout` for Discord), then stop."""
+        self._stopping = True
         self._enqueue(self.board.flush_all(self._clock()))
-        await self._drain()
+        worker, self._worker = self._worker, None
+        if worker is None:
+            worker = asyncio.create_task(self._drain())
+        try:
+            await asyncio.wait_for(worker, timeout)
+        except TimeoutError:
+            log.warning("captions: Discord did not take the last captions within %.0f s", timeout)
 
     def _enqueue(self, actions: list[CaptionAction]) -> None:
         for action in actions:
@@ -274,8 +277,11 @@ class CaptionPoster:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            self._enqueue(self.board.tick(self._clock()))
+            if not self._stopping:
+                self._enqueue(self.board.tick(self._clock()))
             await self._drain()
+            if self._stopping:
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._tick_s)
 
@@ -299,6 +305,8 @@ class CaptionPoster:
             self._messages[action.line] = await self.channel.send(action.content, allowed_mentions=none)
         except discord.HTTPException as exc:  # captions never stop the pipeline; the next edit retries
             log.warning("captions: %s failed: %s", type(action).__name__.lower(), exc)
+        except Exception:
+            log.exception("captions: %s failed", type(action).__name__.lower())
 
 
 class CaptionRouter:

@@ -302,6 +302,35 @@ async def test_poster_ends_lines_on_pause_by_itself_and_uses_names() -> None:
     assert [c for _, c, _ in channel.calls] == ["**Zoë**: Hi", "**Zoë**: Again"]
 
 
+async def test_close_waits_for_the_send_in_flight_and_sends_the_last_words() -> None:
+    channel, clock = FakeChannel(), Clock()
+    channel.delay = 0.05
+    poster = CaptionPoster(channel, CaptionBoard(min_edit_interval_s=5.0), clock=clock, tick_s=0.01)
+    poster.start()
+    poster.feed(1, src("first"))
+    await asyncio.sleep(0.01)  # the send is in flight
+    poster.feed(1, src(" last"))  # not due for 5 s
+    await poster.close()
+    assert [m.content for m in channel.messages] == ["**Speaker 1**: first last"]
+    poster.feed(1, src("after close"))  # queued but never sent: the poster is stopped
+    await settle()
+    assert len(channel.calls) == 2
+
+
+async def test_an_unexpected_error_does_not_stop_the_poster() -> None:
+    channel, clock = FakeChannel(), Clock()
+    channel.fail_send = TypeError("bug")
+    poster = CaptionPoster(channel, CaptionBoard(min_edit_interval_s=0.0), clock=clock, tick_s=0.01)
+    poster.start()
+    poster.feed(1, src("a"))
+    await settle()
+    channel.fail_send = None
+    poster.feed(1, src("b"))
+    await settle()
+    await poster.close()
+    assert [m.content for m in channel.messages] == ["**Speaker 1**: ab"]
+
+
 async def test_router_sends_each_guild_to_its_channel() -> None:
     router = CaptionRouter(PlaybackConfig())
     one, two = FakeChannel(), FakeChannel()

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from bot.localrt.config import LocalRTConfig
+from bot.playback.config import PlaybackConfig
 from bot.voice.config import VoiceConfig
 
 OPENAI_WS_BASE = "wss://api.openai.com/v1"
@@ -139,6 +140,7 @@ class Settings(_Section):
     prices: PricesConfig = PricesConfig()
     caps: CapsConfig = CapsConfig()
     voice: VoiceConfig = VoiceConfig()
+    playback: PlaybackConfig = PlaybackConfig()
     local: LocalRTConfig = LocalRTConfig()
     store: StoreConfig = StoreConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -20,6 +20,7 @@ from bot.audio.mixer import Mixer
 from bot.config import Endpoint, Settings
 from bot.pipeline.room import Room
 from bot.pipeline.service import CapReached, PipelineError, RoomStatus
+from bot.playback.speaker_account import PlaybackError
 from bot.realtime.outputs import SessionOutput, TranslatedAudio
 from bot.realtime.session import TranslationSession
 from bot.store import Store
@@ -45,7 +46,12 @@ class Playback(Protocol):
     async def stop(self, guild_id: int) -> None: ...
 
 
-CaptionSink = Callable[[int, int, SessionOutput], None]  # (guild_id, user_id, text output)
+class Captions(Protocol):
+    """The caption channel of each room: opened at join, fed text outputs, closed at leave."""
+
+    async def open(self, guild_id: int, channel_id: int) -> None: ...
+    def __call__(self, guild_id: int, user_id: int, output: SessionOutput) -> None: ...
+    async def close(self, guild_id: int) -> None: ...
 
 
 @dataclass
@@ -64,7 +70,7 @@ class RoomManager:
         endpoint: Endpoint,
         join_voice: VoiceJoin,
         playback: Playback | None = None,
-        captions: CaptionSink | None = None,
+        captions: Captions | None = None,
         session_factory: Callable[..., TranslationSession] = TranslationSession,
     ) -> None:
         self.settings = settings
@@ -96,10 +102,16 @@ class RoomManager:
             self._spend_today[guild_id] = (_today(), await self.store.spend_today(guild_id))
             opted_out = await self.store.opted_out_members(guild_id)
             frames, disconnect = await self._join_voice(guild_id, source_channel_id)
-            mixer = Mixer()
+            p = self.settings.playback
+            mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality)
             try:
                 if self._playback is not None and output_channel_id is not None:
                     await self._playback.play(guild_id, output_channel_id, mixer)
+                if self._captions is not None and caption_channel_id is not None:
+                    await self._captions.open(guild_id, caption_channel_id)
+            except PlaybackError as e:
+                await disconnect()
+                raise PipelineError(str(e)) from None
             except Exception:
                 await disconnect()
                 raise
@@ -130,6 +142,9 @@ class RoomManager:
         if self._playback is not None:
             with contextlib.suppress(Exception):
                 await self._playback.stop(guild_id)
+        if self._captions is not None:
+            with contextlib.suppress(Exception):
+                await self._captions.close(guild_id)
         with contextlib.suppress(Exception):
             await running.disconnect()
 
@@ -197,6 +212,32 @@ class RoomManager:
             mixer.push(user_id, out.pcm16)
         elif self._captions is not None:
             self._captions(guild_id, user_id, out)
+
+
+class DiscordCaptions:
+    """`Captions` on Discord: resolves the caption channel with the listener's cache and names speakers
+    by their display name."""
+
+    def __init__(self, client: Any, router: Any) -> None:
+        self.client, self.router = client, router
+
+    async def open(self, guild_id: int, channel_id: int) -> None:
+        guild = self.client.get_guild(guild_id)
+        channel = guild.get_channel(channel_id) if guild else None
+        if channel is None:
+            raise PipelineError("I can't see the caption channel.")
+
+        def name_of(user_id: int) -> str | None:
+            member = guild.get_member(user_id)
+            return member.display_name if member else None
+
+        await self.router.open(guild_id, channel, name_of=name_of)
+
+    def __call__(self, guild_id: int, user_id: int, output: SessionOutput) -> None:
+        self.router(guild_id, user_id, output)
+
+    async def close(self, guild_id: int) -> None:
+        await self.router.close(guild_id)
 
 
 def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:

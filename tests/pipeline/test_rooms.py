@@ -64,15 +64,32 @@ async def store(tmp_path: Path):
     await s.close()
 
 
+class ListCaptions(list):
+    """Records text outputs per room; opened and closed with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_rooms: dict[int, int] = {}
+
+    async def open(self, guild_id: int, channel_id: int) -> None:
+        self.open_rooms[guild_id] = channel_id
+
+    def __call__(self, guild_id: int, user_id: int, output) -> None:
+        self.append((guild_id, user_id, output))
+
+    async def close(self, guild_id: int) -> None:
+        self.open_rooms.pop(guild_id, None)
+
+
 def manager(peer: Peer, store: Store, **caps) -> tuple[RoomManager, FakeVoice, FakePlayback, list]:
     settings = fast_settings()
     settings.session.idle_timeout_s = 0.5
     for k, v in caps.items():
         setattr(settings.caps, k, v)
-    captions: list = []
+    captions = ListCaptions()
     voice, playback = FakeVoice(), FakePlayback()
     rooms = RoomManager(settings, store, Endpoint(peer.url, "translation", "m", None, 0.034), voice, playback,
-                        captions=lambda g, u, out: captions.append((g, u, out)))
+                        captions=captions)
     return rooms, voice, playback, captions
 
 
@@ -81,6 +98,7 @@ async def test_join_translate_play_caption_leave(store: Store) -> None:
     async with Peer() as peer:
         rooms, voice, playback, captions = manager(peer, store)
         status = await rooms.join(1, 100, 200, 300)
+        assert captions.open_rooms == {1: 300}
         assert (status.source_channel_id, status.output_channel_id) == (100, 200)
         with pytest.raises(PipelineError, match="already interpreting"):
             await rooms.join(1, 101, 200, 300)
@@ -94,7 +112,7 @@ async def test_join_translate_play_caption_leave(store: Store) -> None:
         assert rooms.status(1).speakers[0].target_language == "fr"
         await rooms.leave(1)
     assert peer.connections[0].languages == ["fr"] and peer.connections[0].closed_by_client
-    assert voice.disconnected == [1] and 1 not in playback.mixers
+    assert voice.disconnected == [1] and 1 not in playback.mixers and captions.open_rooms == {}
     assert any(isinstance(out, TargetText) and u == 42 for _, u, out in captions)
     assert await store.spend_today(1) > 0
     assert rooms.status(1) is None

@@ -4,7 +4,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
-LOCALRT_PORT ?= 8765
 # Debian packages: libopus for voice, espeak-ng/sox for TTS and test speech, apertium pairs for offline MT.
 APT_PACKAGES := libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en
 
@@ -40,8 +39,8 @@ bench: deps
 # With no OPENAI_API_KEY, Parley runs on its own offline server (bot.localrt) on 127.0.0.1.
 run: deps
 	@if [ -z "$$OPENAI_API_KEY" ]; then \
-	  echo "OPENAI_API_KEY is not set: starting bot.localrt on 127.0.0.1:$(LOCALRT_PORT)"; \
-	  $(BIN)/python -m bot localrt --config $(CONFIG) --port $(LOCALRT_PORT) & trap "kill $$!" EXIT; \
+	  echo "OPENAI_API_KEY is not set: starting bot.localrt (the local: section of $(CONFIG))"; \
+	  $(BIN)/python -m bot localrt --config $(CONFIG) & trap "kill $$!" EXIT; \
 	  PARLEY_BACKEND=local $(BIN)/python -m bot run --config $(CONFIG); \
 	else $(BIN)/python -m bot run --config $(CONFIG); fi
 

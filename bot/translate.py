@@ -86,8 +86,8 @@ async def translate_file(settings: Settings, pcm: bytes, language: str, fast: bo
             await asyncio.sleep(max(0.0, start + (i + FRAME_BYTES) / 48_000 - loop.time()))
     await session.close()
     await reader
-    if session._failure is not None:
-        raise session._failure
+    if session.failure is not None:
+        raise session.failure
     summary = {
         "backend": settings.backend,
         "input_seconds": round(len(pcm) / 48_000, 2),

@@ -152,6 +152,11 @@ class TranslationSession:
     def connected(self) -> bool:
         return self._live is not None
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the session gave up (SessionFatal / SessionUnavailable), if it did."""
+        return self._failure
+
     async def open(self) -> None:
         """Connect and configure; raises SessionFatal or SessionUnavailable with a clear message."""
         attempts = self.settings.reconnect.open_attempts

@@ -17,7 +17,7 @@ from bot.config import load_settings, resolve_endpoint
 from bot.localrt.config import LocalRTConfig
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.server import LocalRTServer
-from bot.pipeline.rooms import RoomManager
+from bot.pipeline.rooms import RoomManager, VoiceLink
 from bot.realtime.outputs import SourceText, TargetText
 from bot.store import Store
 from bot.voice.receiver import VoiceReceiver
@@ -43,11 +43,11 @@ async def test_member_speech_comes_out_translated_in_the_output_mix(tmp_path: Pa
         await store.set_language(1, 42, "es")
         frames: asyncio.Queue = asyncio.Queue()
 
-        async def join_voice(guild_id: int, channel_id: int):
+        async def join_voice(guild_id: int, channel_id: int) -> VoiceLink:
             async def disconnect() -> None:
                 pass
 
-            return frames, disconnect
+            return VoiceLink(frames, disconnect)
 
         playback, captions = FakePlayback(), ListCaptions()
         rooms = RoomManager(settings, store, resolve_endpoint(settings), join_voice, playback, captions)

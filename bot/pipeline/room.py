@@ -40,6 +40,7 @@ class Room:
         on_output: OnOutput,
         on_spend: Callable[[int, float], Awaitable[None]] | None = None,
         opted_out: set[int] | None = None,
+        ignore: Callable[[int], bool] = lambda user_id: False,
     ) -> None:
         self.guild_id = guild_id
         self.source_channel_id = source_channel_id
@@ -49,6 +50,8 @@ class Room:
         self.opted_out = set(opted_out or ())
         self.speakers: dict[int, Speaker] = {}
         self.frames_withheld = 0  # frames of opted-out members, never sent anywhere
+        self.frames_ignored = 0  # frames of members that are not interpreted (bots)
+        self._ignore = ignore
         self._idle_timeout_s = idle_timeout_s
         self._open_session = open_session
         self._language_of = language_of
@@ -65,6 +68,9 @@ class Room:
         speaker = self.speakers.get(user_id)
         if speaker is None:
             if end:
+                return
+            if self._ignore(user_id):
+                self.frames_ignored += 1
                 return
             speaker = Speaker(
                 user_id, self._language_of, self._open_session, self._on_output, self._session_closed,

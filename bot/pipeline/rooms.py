@@ -3,7 +3,7 @@
 It owns what crosses rooms: the caps (concurrent sessions, daily budget), the session factory for the
 configured backend, and the glue to Discord — the listener's receiving voice connection, the speaker
 account's playback of the room's mix, the caption channel. Discord itself is reached only through
-small seams (`VoiceJoin`, `Playback`, `CaptionSink`) so the logic is testable offline.
+small seams (`VoiceJoin`, `Playback`, `Captions`) so the logic is testable offline.
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ def _today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-class VoiceJoin(Protocol):
-    """Joins a voice channel as the listener; returns (frames queue, disconnect)."""
+@dataclass
+class VoiceLink:
+    """The listener in a source channel: its frames, how to leave, and which members are bots."""
 
-    async def __call__(
-        self, guild_id: int, channel_id: int
-    ) -> tuple[asyncio.Queue, Callable[[], Awaitable[None]]]: ...
+    frames: asyncio.Queue
+    disconnect: Callable[[], Awaitable[None]]
+    is_bot: Callable[[int], bool] = lambda user_id: False
+
+
+class VoiceJoin(Protocol):
+    """Joins a voice channel as the listener."""
+
+    async def __call__(self, guild_id: int, channel_id: int) -> VoiceLink: ...
 
 
 class Playback(Protocol):
@@ -101,7 +108,8 @@ class RoomManager:
                 raise PipelineError("The output channel must differ from the channel being interpreted.")
             self._spend_today[guild_id] = (_today(), await self.store.spend_today(guild_id))
             opted_out = await self.store.opted_out_members(guild_id)
-            frames, disconnect = await self._join_voice(guild_id, source_channel_id)
+            link = await self._join_voice(guild_id, source_channel_id)
+            frames, disconnect = link.frames, link.disconnect
             p = self.settings.playback
             mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality)
             try:
@@ -124,6 +132,7 @@ class RoomManager:
                 on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
                 on_spend=self._session_closed,
                 opted_out=opted_out,
+                ignore=link.is_bot,  # music bots and the like are not interpreted
             )
             pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
             self._rooms[guild_id] = _Running(room, mixer, pump, disconnect)
@@ -244,7 +253,7 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
     """The listener's `VoiceJoin`: connect with Parley's receiving VoiceClient, muted (it only listens)."""
     from bot.voice.client import ListeningVoiceClient
 
-    async def join(guild_id: int, channel_id: int) -> tuple[asyncio.Queue, Callable[[], Awaitable[None]]]:
+    async def join(guild_id: int, channel_id: int) -> VoiceLink:
         guild = client.get_guild(guild_id)
         channel = guild.get_channel(channel_id) if guild else None
         if channel is None or not hasattr(channel, "connect"):
@@ -257,6 +266,10 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
         async def disconnect() -> None:
             await vc.disconnect(force=True)
 
-        return vc.frames, disconnect
+        def is_bot(user_id: int) -> bool:
+            member = guild.get_member(user_id)
+            return bool(member and member.bot)
+
+        return VoiceLink(vc.frames, disconnect, is_bot)
 
     return join

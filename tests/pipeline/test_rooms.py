@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bot.config import Endpoint
-from bot.pipeline.rooms import RoomManager
+from bot.pipeline.rooms import RoomManager, VoiceLink
 from bot.pipeline.service import PipelineError
 from bot.realtime.outputs import TargetText
 from bot.store import Store
@@ -25,18 +25,19 @@ FRAME = 960
 
 
 class FakeVoice:
-    def __init__(self) -> None:
+    def __init__(self, bots: frozenset[int] = frozenset()) -> None:
         self.queues: dict[int, asyncio.Queue] = {}
         self.disconnected: list[int] = []
+        self.bots = bots
 
-    async def __call__(self, guild_id: int, channel_id: int):
+    async def __call__(self, guild_id: int, channel_id: int) -> VoiceLink:
         q: asyncio.Queue = asyncio.Queue()
         self.queues[guild_id] = q
 
         async def disconnect() -> None:
             self.disconnected.append(guild_id)
 
-        return q, disconnect
+        return VoiceLink(q, disconnect, lambda uid: uid in self.bots)
 
 
 class FakePlayback:
@@ -87,7 +88,7 @@ def manager(peer: Peer, store: Store, **caps) -> tuple[RoomManager, FakeVoice, F
     for k, v in caps.items():
         setattr(settings.caps, k, v)
     captions = ListCaptions()
-    voice, playback = FakeVoice(), FakePlayback()
+    voice, playback = FakeVoice(bots=frozenset({666})), FakePlayback()
     rooms = RoomManager(settings, store, Endpoint(peer.url, "translation", "m", None, 0.034), voice, playback,
                         captions=captions)
     return rooms, voice, playback, captions
@@ -155,3 +156,13 @@ async def test_output_channel_must_differ(store: Store) -> None:
         rooms, _, _, _ = manager(peer, store)
         with pytest.raises(PipelineError, match="must differ"):
             await rooms.join(1, 100, 100, None)
+
+
+async def test_bots_in_the_channel_are_not_interpreted(store: Store) -> None:
+    async with Peer() as peer:
+        rooms, voice, _, _ = manager(peer, store)
+        await rooms.join(1, 100, None, None)
+        await speak(voice.queues[1], 666, numbered_audio(5))  # a music bot
+        await asyncio.sleep(0.1)
+        assert peer.connections == [] and rooms.status(1).speakers == []
+        await rooms.leave(1)

@@ -57,6 +57,9 @@ class Captions(Protocol):
     """The caption channel of each room: opened at join, fed text outputs, closed at leave."""
 
     async def open(self, guild_id: int, channel_id: int) -> None: ...
+    def speaker(self, guild_id: int, user_id: int, language: str) -> None:
+        """A member's session opened (or changed language): label their captions."""
+        ...
     def __call__(self, guild_id: int, user_id: int, output: SessionOutput) -> None: ...
     async def close(self, guild_id: int) -> None: ...
 
@@ -165,6 +168,8 @@ class RoomManager:
         running = self._rooms.get(guild_id)
         if running is not None:
             await running.room.set_language(user_id, language)
+            if self._captions is not None:
+                self._captions.speaker(guild_id, user_id, language)
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         running = self._rooms.get(guild_id)
@@ -189,6 +194,8 @@ class RoomManager:
         except BaseException:
             self._open_sessions -= 1
             raise
+        if self._captions is not None:
+            self._captions.speaker(guild_id, user_id, language)
         return session
 
     async def _session_closed(self, guild_id: int, usd: float) -> None:
@@ -236,11 +243,17 @@ class DiscordCaptions:
         if channel is None:
             raise PipelineError("I can't see the caption channel.")
 
-        def name_of(user_id: int) -> str | None:
-            member = guild.get_member(user_id)
-            return member.display_name if member else None
+        await self.router.open(guild_id, channel, name_of=lambda uid: self._name_of(guild_id, uid))
 
-        await self.router.open(guild_id, channel, name_of=name_of)
+    def _name_of(self, guild_id: int, user_id: int) -> str | None:
+        guild = self.client.get_guild(guild_id)
+        member = guild.get_member(user_id) if guild else None
+        return member.display_name if member else None
+
+    def speaker(self, guild_id: int, user_id: int, language: str) -> None:
+        poster = self.router.get(guild_id)
+        if poster is not None:
+            poster.board.set_speaker(user_id, self._name_of(guild_id, user_id) or f"Speaker {user_id}", language)
 
     def __call__(self, guild_id: int, user_id: int, output: SessionOutput) -> None:
         self.router(guild_id, user_id, output)

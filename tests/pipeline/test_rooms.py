@@ -71,9 +71,13 @@ class ListCaptions(list):
     def __init__(self) -> None:
         super().__init__()
         self.open_rooms: dict[int, int] = {}
+        self.labels: dict[tuple[int, int], str] = {}
 
     async def open(self, guild_id: int, channel_id: int) -> None:
         self.open_rooms[guild_id] = channel_id
+
+    def speaker(self, guild_id: int, user_id: int, language: str) -> None:
+        self.labels[guild_id, user_id] = language
 
     def __call__(self, guild_id: int, user_id: int, output) -> None:
         self.append((guild_id, user_id, output))
@@ -111,8 +115,11 @@ async def test_join_translate_play_caption_leave(store: Store) -> None:
         assert all(f.size == 1920 for f in frames)  # 20 ms of 48 kHz stereo, as discord.py reads it
         assert max(np.abs(f).max() for f in frames) > 0  # the translation reached the output mix
         assert rooms.status(1).speakers[0].target_language == "fr"
+        assert captions.labels == {(1, 42): "fr"}  # captions say which language the member is heard in
+        await rooms.set_language(1, 42, "it")
+        assert captions.labels == {(1, 42): "it"}
         await rooms.leave(1)
-    assert peer.connections[0].languages == ["fr"] and peer.connections[0].closed_by_client
+    assert peer.connections[0].languages == ["fr", "it"] and peer.connections[0].closed_by_client
     assert voice.disconnected == [1] and 1 not in playback.mixers and captions.open_rooms == {}
     assert any(isinstance(out, TargetText) and u == 42 for _, u, out in captions)
     assert await store.spend_today(1) > 0

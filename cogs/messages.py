@@ -102,6 +102,7 @@ def status(
     usd_today: float,
     budget_usd: float | None,
     you: str,
+    problem: str | None = None,
 ) -> str:
     """`speakers` holds (mention, target language, connected) for each member being translated."""
     lines = [f"**Interpreting** {source} via {backend_label(backend)}."]
@@ -115,6 +116,8 @@ def status(
         lines.append("Speakers: nobody is talking right now.")
     lines.append(f"Opted out here: {opted_out}")
     lines.append(f"Cost today: {cost(usd_today, budget_usd)}")
+    if problem:
+        lines.append(f"⚠️ Last problem: {problem}")
     lines.append(you)
     return "\n".join(lines)
 

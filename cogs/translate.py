@@ -242,6 +242,7 @@ class TranslateCog(commands.Cog):
                 usd_today=spent,
                 budget_usd=self.settings.caps.daily_budget_usd,
                 you=you,
+                problem=room.problem,
             ),
         )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from bot.pipeline.service import RoomStatus, SpeakerStatus
 from bot.pipeline.speaker import OnOutput, OpenSession, Speaker
+from bot.realtime.outputs import SessionError, SessionOutput
 from bot.realtime.session import TranslationSession
 
 log = logging.getLogger("parley.pipeline")
@@ -56,6 +57,7 @@ class Room:
         self._open_session = open_session
         self._language_of = language_of
         self._on_output = on_output
+        self.problem: str | None = None
         self._on_spend = on_spend
         self._totals: dict[int, _Totals] = {}
         self._spent_usd = 0.0
@@ -73,7 +75,7 @@ class Room:
                 self.frames_ignored += 1
                 return
             speaker = Speaker(
-                user_id, self._language_of, self._open_session, self._on_output, self._session_closed,
+                user_id, self._language_of, self._open_session, self._output, self._session_closed,
                 self._idle_timeout_s,
             )
             self.speakers[user_id] = speaker
@@ -101,6 +103,10 @@ class Room:
             await speaker.close(flush=False)
             log.info("room %s: member %s opted out; their session was aborted", self.guild_id, user_id)
 
+    def live_usd(self) -> float:
+        """What the sessions still open have cost so far (not yet in the ledger)."""
+        return sum(sp.session.cost.dollars for sp in self.speakers.values() if sp.session is not None)
+
     def status(self) -> RoomStatus:
         speakers = []
         for uid, sp in self.speakers.items():
@@ -113,13 +119,18 @@ class Room:
             ))
         return RoomStatus(
             self.guild_id, self.source_channel_id, self.output_channel_id, self.caption_channel_id, self.backend,
-            speakers, len(self.opted_out), self._spent_usd,
+            speakers, len(self.opted_out), self._spent_usd + self.live_usd(), self.problem,
         )
 
     async def close(self) -> None:
         """Close every session gracefully (their last words are translated)."""
         speakers, self.speakers = list(self.speakers.values()), {}
         await asyncio.gather(*(sp.close() for sp in speakers), return_exceptions=True)
+
+    def _output(self, user_id: int, out: SessionOutput) -> None:
+        if isinstance(out, SessionError) and out.fatal:
+            self.problem = out.message  # shown by /translate status
+        self._on_output(user_id, out)
 
     async def _session_closed(self, user_id: int, session: TranslationSession) -> None:
         t = self._totals.setdefault(user_id, _Totals())

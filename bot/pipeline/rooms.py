@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -162,7 +163,10 @@ class RoomManager:
 
     def status(self, guild_id: int) -> RoomStatus | None:
         running = self._rooms.get(guild_id)
-        return running.room.status() if running else None
+        if running is None:
+            return None
+        _, ledger = self._spend_today.get(guild_id, (_today(), 0.0))  # closed sessions, today
+        return dataclasses.replace(running.room.status(), usd_today=ledger + running.room.live_usd())
 
     async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
         running = self._rooms.get(guild_id)

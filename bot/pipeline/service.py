@@ -36,7 +36,8 @@ class RoomStatus:
     backend: str
     speakers: list[SpeakerStatus] = field(default_factory=list)
     opted_out: int = 0  # members in the source channel who are never sent upstream
-    usd_today: float = 0.0
+    usd_today: float = 0.0  # this server's spend today, the running sessions included
+    problem: str | None = None  # the latest reason a member could not be translated (bad key, backend down)
 
 
 class RoomService(Protocol):

@@ -135,5 +135,6 @@ async def test_a_session_that_cannot_open_is_reported_not_fatal_to_the_room() ->
         await room.close()
     errors = [o for uid, o in outputs if uid == 9 and isinstance(o, SessionError)]
     assert errors and errors[0].fatal and "not supported" in errors[0].message
+    assert "not supported" in (room.status().problem or "")  # what /translate status shows
     assert room.speakers == {} and any(c.languages == ["es"] for c in peer.connections)
     assert any(uid == 4 and isinstance(o, TranslatedAudio) for uid, o in outputs)

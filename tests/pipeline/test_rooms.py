@@ -115,6 +115,7 @@ async def test_join_translate_play_caption_leave(store: Store) -> None:
         assert all(f.size == 1920 for f in frames)  # 20 ms of 48 kHz stereo, as discord.py reads it
         assert max(np.abs(f).max() for f in frames) > 0  # the translation reached the output mix
         assert rooms.status(1).speakers[0].target_language == "fr"
+        assert rooms.status(1).usd_today > 0  # the open session's cost counts before it is closed
         assert captions.labels == {(1, 42): "fr"}  # captions say which language the member is heard in
         await rooms.set_language(1, 42, "it")
         assert captions.labels == {(1, 42): "it"}

@@ -435,11 +435,12 @@ async def test_status_without_and_with_a_room(bot: commands.Bot, rooms: FakeRoom
     rooms.rooms[GUILD] = RoomStatus(
         GUILD, 1, 2, None, "ws://10.0.0.5:9000/v1?token=secret",
         speakers=[SpeakerStatus(11, "es", True, 30.0, 0.02), SpeakerStatus(12, "fr", False, 5.0, 0.0)],
-        opted_out=3, usd_today=0.5,
+        opted_out=3, usd_today=0.5, problem="the API key was refused",
     )
     ia = FakeInteraction(FakeGuild())
     await run(bot, "status", ia)
     text = ia.reply
+    assert "Last problem: the API key was refused" in text
     assert "via 10.0.0.5" in text and "secret" not in text
     assert "<@11> → es" in text and "<@12> → fr (idle)" in text
     assert "Opted out here: 3" in text and "$0.50 of $5.00" in text and "You: opted out" in text

@@ -43,3 +43,11 @@ def assert_accounted(receiver: VoiceReceiver) -> dict:
     c = receiver.counters()
     assert c["received"] == sum(c["outcomes"].values()) + c["pending"]
     return c
+
+
+def receive_all(receiver: VoiceReceiver, user_id: int, ssrc: int, datagrams) -> dict:
+    """Map `ssrc` to `user_id`, deliver every datagram 20 ms apart, flush; the checked counters."""
+    speaking(receiver, user_id, ssrc)
+    feed_all(receiver, datagrams)
+    receiver.flush()
+    return assert_accounted(receiver)

@@ -5,7 +5,7 @@ import pytest
 
 from bot.audio.opus import SILENCE_FRAME
 from bot.voice.dave import DaveDecryptor, looks_dave
-from tests.voice.conftest import assert_accounted, feed_all, speaking
+from tests.voice.conftest import assert_accounted, feed_all, receive_all, speaking
 from tests.voice.dave_group import make_group
 from tests.voice.peers import DiscordPeer, similarity, to_stereo_bytes
 
@@ -77,10 +77,7 @@ def test_passthrough_frames_during_transition(make_receiver, sink, speech, group
     assert assert_accounted(strict)["outcomes"]["dave_failed"] == len(datagrams)
     group[BOT].set_passthrough_mode(True, 10)  # what discord.py does on a downgrade/transition
     lenient = make_receiver(dave=DaveDecryptor(lambda: group[BOT], e2ee_required=lambda: True))
-    speaking(lenient, ALICE, 902)
-    feed_all(lenient, datagrams)
-    lenient.flush()
-    c = assert_accounted(lenient)
+    c = receive_all(lenient, ALICE, 902, datagrams)
     assert c["outcomes"]["decoded"] == len(datagrams)
     assert similarity(speech[:48000], np.frombuffer(sink.pcm(ALICE), dtype=np.int16))["snr_db"] >= 10
 

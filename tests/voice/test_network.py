@@ -4,7 +4,7 @@ import numpy as np
 from discord import opus
 
 from bot.voice.config import VoiceConfig
-from tests.voice.conftest import assert_accounted, feed_all, speaking
+from tests.voice.conftest import assert_accounted, feed_all, receive_all, speaking
 from tests.voice.peers import DiscordPeer, similarity, to_stereo_bytes
 
 
@@ -35,10 +35,7 @@ def test_burst_longer_than_conceal_limit_restarts_stream(make_receiver, sink, sp
     peer = DiscordPeer(ssrc=3)
     datagrams = peer.send_pcm(to_stereo_bytes(speech))
     receiver = make_receiver(VoiceConfig(max_conceal_frames=5))
-    speaking(receiver, 1, 3)
-    feed_all(receiver, datagrams[:50] + datagrams[70:])
-    receiver.flush()
-    c = assert_accounted(receiver)
+    c = receive_all(receiver, 1, 3, datagrams[:50] + datagrams[70:])
     assert c["frames"]["frames_plc"] == 0 and c["frames"]["streams"] == 2
     assert sink.ends[1] == 2
 
@@ -58,10 +55,7 @@ def test_reordering_and_duplicates(make_receiver, sink, speech):
         if i % 11 == 3:
             stream.append(d)  # network duplicate right behind
     receiver = make_receiver()
-    speaking(receiver, 8, 4)
-    feed_all(receiver, stream)
-    receiver.flush()
-    c = assert_accounted(receiver)
+    c = receive_all(receiver, 8, 4, stream)
     assert c["outcomes"]["decoded"] == len(datagrams)
     assert c["outcomes"]["duplicate"] == len(dups)
     assert c["frames"]["frames_plc"] == c["frames"]["frames_fec"] == 0
@@ -79,10 +73,7 @@ def test_sequence_wraparound_is_seamless(make_receiver, sink, speech):
     assert len(datagrams) > 36  # crosses 65535 → 0
     datagrams[40], datagrams[41] = datagrams[41], datagrams[40]
     receiver = make_receiver()
-    speaking(receiver, 1, 5)
-    feed_all(receiver, datagrams)
-    receiver.flush()
-    c = assert_accounted(receiver)
+    c = receive_all(receiver, 1, 5, datagrams)
     assert c["outcomes"]["decoded"] == len(datagrams)
     assert c["frames"]["frames_plc"] == 0 and c["outcomes"]["late"] == 0
     assert similarity(speech, pcm(sink, 1))["snr_db"] >= 10
@@ -194,10 +185,7 @@ def test_corrupt_opus_is_concealed(make_receiver, sink, speech):
     datagrams = peer.send_pcm(to_stereo_bytes(speech[:19200]))
     bad = DiscordPeer(ssrc=51, sequence=10, timestamp=9600).send_opus(b"\xff")  # code 3, no count byte
     receiver = make_receiver()
-    speaking(receiver, 1, 51)
-    feed_all(receiver, [*datagrams[:10], bad, *datagrams[11:]])
-    receiver.flush()
-    c = assert_accounted(receiver)
+    c = receive_all(receiver, 1, 51, [*datagrams[:10], bad, *datagrams[11:]])
     assert c["outcomes"]["opus_error"] == 1 and c["outcomes"]["decoded"] == 19
     assert c["frames"]["frames_plc"] == 1
 

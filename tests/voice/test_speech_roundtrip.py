@@ -10,7 +10,7 @@ same output scores near 0 on both, so the thresholds can fail.
 import numpy as np
 
 from bot.audio.opus import SILENCE_FRAME
-from tests.voice.conftest import assert_accounted, feed_all, speaking
+from tests.voice.conftest import assert_accounted, feed_all, receive_all, speaking
 from tests.voice.peers import DiscordPeer, similarity, to_stereo_bytes
 
 ENV_MIN = 0.97
@@ -46,10 +46,7 @@ def test_forwarded_datagrams_with_header_extension(make_receiver, sink, speech):
     peer = DiscordPeer(ssrc=2222, sequence=100)
     datagrams = peer.send_with_extension(to_stereo_bytes(speech), ext_words=1)
     receiver = make_receiver()
-    speaking(receiver, 7, 2222)
-    feed_all(receiver, datagrams)
-    receiver.flush()
-    c = assert_accounted(receiver)
+    c = receive_all(receiver, 7, 2222, datagrams)
     assert c["outcomes"]["decoded"] == len(datagrams)
     sim = similarity(speech, output(sink, 7))
     assert sim["env_corr"] >= ENV_MIN and sim["snr_db"] >= SNR_MIN_DB, sim

@@ -204,7 +204,9 @@ def resolve_endpoint(settings: Settings) -> Endpoint:
         path = f"{path}/v1/realtime/translations" if not path.endswith("/v1") else f"{path}/realtime/translations"
     model = models.realtime if protocol == "realtime" else models.translate
     url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-    key = secrets.openai_api_key or secrets.localrt_api_key
+    # An OpenAI key never travels over plaintext ws://: a URL backend gets LOCALRT_API_KEY, or the
+    # OpenAI key only over wss://.
+    key = secrets.localrt_api_key or (secrets.openai_api_key if parts.scheme == "wss" else None)
     return Endpoint(url if "model=" in parts.query else _with_model(url, model), protocol, model, key, prices.url)
 
 

@@ -79,6 +79,15 @@ def test_backends_resolve_to_urls_and_protocols() -> None:
         resolve_endpoint(load_settings(None, env={}))
 
 
+def test_the_openai_key_never_goes_to_a_plaintext_url() -> None:
+    env = {"OPENAI_API_KEY": "sk-1"}
+    assert resolve_endpoint(load_settings(None, env={**env, "PARLEY_BACKEND": "ws://10.0.0.5:9000"})).api_key is None
+    e = resolve_endpoint(load_settings(None, env={**env, "PARLEY_BACKEND": "wss://proxy.example/v1"}))
+    assert e.api_key.get_secret_value() == "sk-1"
+    e = resolve_endpoint(load_settings(None, env={**env, "LOCALRT_API_KEY": "lk", "PARLEY_BACKEND": "ws://h:1"}))
+    assert e.api_key.get_secret_value() == "lk"
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True, cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", **(env or {})}, timeout=60)

@@ -60,7 +60,6 @@ class Room:
         self.problem: str | None = None
         self._on_spend = on_spend
         self._totals: dict[int, _Totals] = {}
-        self._spent_usd = 0.0
 
     def feed(self, user_id: int, pcm: bytes, end: bool = False) -> None:
         """Route one frame from the listener. Synchronous and cheap: it only enqueues."""
@@ -119,7 +118,7 @@ class Room:
             ))
         return RoomStatus(
             self.guild_id, self.source_channel_id, self.output_channel_id, self.caption_channel_id, self.backend,
-            speakers, len(self.opted_out), self._spent_usd + self.live_usd(), self.problem,
+            speakers, len(self.opted_out), sum(t.usd for t in self._totals.values()) + self.live_usd(), self.problem,
         )
 
     async def close(self) -> None:
@@ -136,6 +135,5 @@ class Room:
         t = self._totals.setdefault(user_id, _Totals())
         t.seconds += session.cost.audio_ms / 1000
         t.usd += session.cost.dollars
-        self._spent_usd += session.cost.dollars
         if self._on_spend is not None:
             await self._on_spend(self.guild_id, session.cost.dollars)

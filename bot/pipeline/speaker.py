@@ -135,9 +135,9 @@ class Speaker:
             sent_ms += FRAME_MS
             last_speech = loop.time()
             self.speaking = True
-            tick = t0
             while True:
-                tick += FRAME_MS / 1000
+                # the next 20 ms boundary of the session's clock (early frames never push it ahead)
+                tick = t0 + (int((loop.time() - t0) * 1000) // FRAME_MS + 1) * FRAME_MS / 1000
                 try:
                     item = await asyncio.wait_for(self._queue.get(), timeout=max(0.0, tick - loop.time()))
                 except TimeoutError:

@@ -103,6 +103,38 @@ class CapsConfig(_Section):
     daily_budget_usd: float | None = Field(None, ge=0)
 
 
+class DiscordConfig(_Section):
+    """Where Discord is. The defaults are Discord itself; a Discord-compatible server (Parley's own sandbox,
+    used by `python -m bot demo`) sets all three."""
+
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    ca_file: Path | None = None  # an extra CA certificate (PEM) to trust, for a server with its own certificate
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise ValueError(f"must be a ws:// or wss:// URL, got {v!r}")
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+
 class StoreConfig(_Section):
     """Where member preferences, guild channels and the spend ledger live (bot/store.py)."""
 
@@ -143,6 +175,7 @@ class Settings(_Section):
     playback: PlaybackConfig = PlaybackConfig()
     local: LocalRTConfig = LocalRTConfig()
     store: StoreConfig = StoreConfig()
+    discord: DiscordConfig = DiscordConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
 

@@ -11,16 +11,19 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import discord
+import yarl
 from discord.ext import commands
 
-from bot.config import ConfigError, Settings, load_settings, resolve_endpoint
+from bot.config import ConfigError, DiscordConfig, Settings, load_settings, resolve_endpoint
 from bot.pipeline.rooms import DiscordCaptions, RoomManager, discord_voice_join
 from bot.playback.captions import CaptionRouter
-from bot.playback.speaker_account import PlaybackError, SpeakerAccount
+from bot.playback.speaker_account import PlaybackError, SpeakerAccount, speaker_intents
 from bot.store import Store, StoreError
 from cogs.translate import TranslateCog
 
@@ -38,6 +41,22 @@ def listener_intents() -> discord.Intents:
     intents.guilds = True
     intents.voice_states = True
     return intents
+
+
+def discord_client_options(config: DiscordConfig) -> dict[str, object]:
+    """Point discord.py at the configured Discord; the options every `discord.Client` here is built with.
+
+    discord.py keeps the REST base and the gateway URL as class attributes, so they are set for the whole
+    process (both accounts talk to the same Discord). Voice websockets go through the client's HTTP session,
+    so the connector's TLS context also covers them.
+    """
+    discord.http.Route.BASE = config.api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.gateway_url)
+    if config.ca_file is None:
+        return {}
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(config.ca_file))
+    return {"connector": aiohttp.TCPConnector(ssl=context)}
 
 
 class _Listener(commands.Bot):
@@ -69,8 +88,11 @@ async def build(settings: Settings) -> App:
     """Everything wired, nothing connected yet (testable offline)."""
     endpoint = resolve_endpoint(settings)
     store = await Store.open(settings.store.path)
-    listener = _Listener(command_prefix=commands.when_mentioned, intents=listener_intents(), help_command=None)
-    speaker = SpeakerAccount() if settings.secrets.discord_speaker_token is not None else None
+    listener = _Listener(command_prefix=commands.when_mentioned, intents=listener_intents(), help_command=None,
+                         **discord_client_options(settings.discord))
+    speaker = None
+    if settings.secrets.discord_speaker_token is not None:
+        speaker = SpeakerAccount(discord.Client(intents=speaker_intents(), **discord_client_options(settings.discord)))
     rooms = RoomManager(
         settings, store, endpoint, discord_voice_join(listener, settings), playback=speaker,
         captions=DiscordCaptions(listener, CaptionRouter(settings.playback)),

@@ -25,6 +25,7 @@ from bot.sandbox.state import Guild, User, World
 log = logging.getLogger("parley.sandbox.gateway")
 
 HEARTBEAT_INTERVAL_MS = 41250
+ACK_DELAY_S = 0.02
 INTENT_GUILDS = 1 << 0
 INTENT_VOICE_STATES = 1 << 7
 
@@ -127,6 +128,9 @@ class Gateway:
 
     async def _received(self, session: GatewaySession, op: int, d: Any) -> None:
         if op == 1:  # heartbeat
+            # Discord's ack crosses a network; an instant one races discord.py's heartbeat thread, which then
+            # logs a bogus "Can't keep up … 41 s behind".
+            await asyncio.sleep(ACK_DELAY_S)
             await session.send(11, None)
         elif op == 2:
             await self._identify(session, d)

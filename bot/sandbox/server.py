@@ -108,6 +108,10 @@ class Sandbox:
         for listener in list(self._listeners):
             listener(event)
 
+    def note(self, name: str, data: dict[str, Any]) -> None:
+        """Add a line to the timeline from outside (the demo marks when people speak)."""
+        self._event(name, data)
+
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)

@@ -175,7 +175,7 @@ async def run_demo(utterances: list[Utterance], out: Path, config: Path | None, 
             guild = sb.add_guild("Parley demo", next(iter(speakers.values())))
             lobby, interp = sb.add_channel(guild, "Lobby"), sb.add_channel(guild, "Interpretation")
             captions = sb.add_channel(guild, "captions", "text")
-            sb.invite(guild, listener, voice, carol, *speakers.values())
+            await sb.invite(guild, listener, voice, carol, *speakers.values())
 
             port = free_port()
             cfg = work / "config.yaml"
@@ -294,17 +294,8 @@ def _captions_md(lines: list[str]) -> str:
 
 
 def _event_json(e: Event) -> dict[str, Any]:
-    data = {}
-    for k, v in e.data.items():
-        if hasattr(v, "content") and hasattr(v, "id"):  # a Message
-            data[k] = {"id": str(v.id), "author": v.author.name, "content": v.content, "ephemeral": v.ephemeral}
-        elif hasattr(v, "token") and hasattr(v, "subcommand"):  # an Interaction
-            data[k] = f"/{v.name} {v.subcommand}"
-        elif isinstance(v, str | int | float | bool | list | dict) or v is None:
-            data[k] = v
-        else:
-            data[k] = str(v)
-    return {"t": round(e.t, 3), "event": e.name, **data}
+    return {"t": round(e.t, 3), "event": e.name, **{k: v if isinstance(v, str | int | float | bool | list | dict)
+                                                    or v is None else str(v) for k, v in e.data.items()}}
 
 
 def _timeline(result: DemoResult, to_clock: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,17 +103,43 @@ async def build(settings: Settings) -> App:
 
 
 async def serve(settings: Settings) -> int:
+    """Run both accounts until SIGINT/SIGTERM, then shut down gracefully.
+
+    The signal only sets an event: rooms close (last words flushed, voice left) while both gateways still
+    run, so discord.py sees its voice-state answers and nothing waits for a timeout. A second signal stops
+    at once.
+    """
     assert settings.secrets.discord_token is not None
     try:
         app = await build(settings)
     except StoreError as e:
         raise ConfigError(f"store.path: {e}") from None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set() and main_task is not None:
+            log.warning("%s again: stopping now", signame)
+            main_task.cancel()
+        else:
+            log.info("%s: shutting down (send it again to stop at once)", signame)
+            stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    gateway: asyncio.Task[None] | None = None
+    stopped = asyncio.create_task(stop.wait(), name="shutdown-signal")
     try:
         if app.speaker is not None:
             await app.speaker.start(settings.secrets.discord_speaker_token)
         else:
             log.warning("DISCORD_SPEAKER_TOKEN is not set: captions only, no translated audio")
-        await app.listener.start(settings.secrets.discord_token.get_secret_value())
+        await app.listener.login(settings.secrets.discord_token.get_secret_value())
+        gateway = asyncio.create_task(app.listener.connect(), name="listener-gateway")
+        await asyncio.wait({gateway, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if gateway.done():
+            gateway.result()  # the gateway ended by itself: its error is the process's error
     except discord.LoginFailure:
         log.error("Discord refused DISCORD_TOKEN: check the listener's bot token")
         return 1
@@ -120,7 +147,17 @@ async def serve(settings: Settings) -> int:
         log.error("%s", e)
         return 1
     finally:
-        await app.close()
+        try:
+            await app.close()  # rooms first, while the gateways still answer
+        finally:
+            stopped.cancel()
+            if gateway is not None:
+                gateway.cancel()
+                with contextlib.suppress(asyncio.CancelledError, discord.DiscordException, OSError):
+                    await gateway
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    log.info("stopped")
     return 0
 
 

@@ -74,6 +74,7 @@ class LocalRTServer:
         self._server: Server | None = None
         self.sessions: set[Session] = set()
         self.inflight = 0  # engine jobs submitted and not finished
+        self.audio_bytes_received = 0  # pcm16 appended by all sessions (privacy tests count what arrives)
 
     async def run_engine(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking engine work on the shared pool, counting busy threads."""
@@ -154,6 +155,7 @@ class Session:
     def __init__(self, server: LocalRTServer, ws: ServerConnection, model: str) -> None:
         cfg = server.config
         self.server = server
+        self.audio_bytes_received = 0
         self.ws = ws
         self.state = SessionState(model, cfg.default_output_language, cfg.session_ttl_s, server.targets)
         self.frames = FrameBuffer()
@@ -258,6 +260,8 @@ class Session:
                 "audio",
                 event_id=event.event_id,
             )
+        self.server.audio_bytes_received += len(pcm)
+        self.audio_bytes_received += len(pcm)
         frames = self.frames.push(pcm)
         if frames:
             self._enqueue(frames)

@@ -69,6 +69,9 @@ class RateLimits:
 
     limit: int = 5
     per_s: float = 5.0
+    # A shared-scope limit (Discord's per-channel shared resources): no headers announce it, so a client
+    # meets it only as a 429, which it must honour by waiting `retry_after` and retrying.
+    shared: bool = False
     buckets: dict[tuple[str, int], _Bucket] = field(default_factory=dict)
     limited: int = 0  # 429s served
 
@@ -83,14 +86,14 @@ class RateLimits:
         }
         if not ok:
             self.limited += 1
-            raise _RateLimited(reset_after, headers)
-        return headers
+            raise _RateLimited(reset_after, headers, "shared" if self.shared else "user")
+        return {} if self.shared else headers
 
 
 class _RateLimited(Exception):
-    def __init__(self, retry_after: float, headers: dict[str, str]) -> None:
+    def __init__(self, retry_after: float, headers: dict[str, str], scope: str) -> None:
         super().__init__("rate limited")
-        self.retry_after, self.headers = retry_after, headers
+        self.retry_after, self.headers, self.scope = retry_after, headers, scope
 
 
 EventHook = Callable[[str, dict[str, Any]], None]
@@ -150,7 +153,7 @@ class Rest:
             except _RateLimited as e:
                 body = {"message": "You are being rate limited.", "retry_after": round(e.retry_after, 3),
                         "global": False}
-                headers = {**e.headers, "Retry-After": str(math.ceil(e.retry_after)), "X-RateLimit-Scope": "user"}
+                headers = {**e.headers, "Retry-After": str(math.ceil(e.retry_after)), "X-RateLimit-Scope": e.scope}
                 self.on_event("rate_limited", {"path": request.path, "retry_after": e.retry_after})
                 return _json(body, 429, headers)
         return run

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.sandbox.gateway import INTENT_VOICE_STATES, Gateway, GatewaySession
+from bot.sandbox.gateway import INTENT_GUILDS, INTENT_VOICE_STATES, Gateway, GatewaySession
 from bot.sandbox.interactions import Interaction, new_interaction
 from bot.sandbox.rest import RateLimits, Rest
 from bot.sandbox.state import Channel, ChannelType, Guild, Message, Perm, User, VoiceState, World
@@ -103,6 +103,7 @@ class Sandbox:
     # --- the timeline -----------------------------------------------------------------------------
 
     def _event(self, name: str, data: dict[str, Any]) -> None:
+        data = {k: _snapshot(v) for k, v in data.items()}
         event = Event(time.monotonic() - self._t0, name, data)
         self.events.append(event)
         for listener in list(self._listeners):
@@ -133,10 +134,13 @@ class Sandbox:
     def add_channel(self, guild: Guild, name: str, kind: str = "voice") -> Channel:
         return self.world.add_channel(guild, name, ChannelType.VOICE if kind == "voice" else ChannelType.TEXT)
 
-    def invite(self, guild: Guild, *users: User) -> None:
-        """Add accounts to a guild (a bot invited, a person joining); connected sessions get GUILD_CREATE."""
+    async def invite(self, guild: Guild, *users: User) -> None:
+        """Add accounts to a guild (a bot invited, a person joining); their connected sessions get GUILD_CREATE."""
         for user in users:
             guild.members[user.id] = time.time()
+            for session in self.gateway.sessions_of(user.id):
+                if session.intents & INTENT_GUILDS:
+                    await session.dispatch("GUILD_CREATE", self.world.guild_payload(guild, user.id))
 
     def deny(self, channel: Channel, user: User, perms: Perm) -> None:
         """A member overwrite denying `perms` (e.g. Perm.SEND_MESSAGES) in `channel`."""
@@ -254,6 +258,16 @@ class Sandbox:
             if state is not None and state.session_id == session.session_id:
                 with contextlib.suppress(ConnectionError):
                     await self._leave_voice(guild, session.user.id)
+
+
+def _snapshot(value: Any) -> Any:
+    """Timeline entries keep what a message said at that moment, not the object edited later."""
+    if isinstance(value, Message):
+        return {"id": str(value.id), "channel_id": str(value.channel_id), "author": value.author.name,
+                "content": value.content, "ephemeral": value.ephemeral, "loading": bool(value.flags & 128)}
+    if isinstance(value, Interaction):
+        return {"id": str(value.id), "command": f"/{value.name} {value.subcommand}", "user": value.user.name}
+    return value
 
 
 def _check_options(command: dict[str, Any], subcommand: str, options: dict[str, Any]) -> None:

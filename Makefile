@@ -7,7 +7,13 @@ CONFIG ?= config.yaml
 # Debian packages: libopus for voice, espeak-ng/sox for TTS and test speech, apertium pairs for offline MT.
 APT_PACKAGES := libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en
 
-.PHONY: run test lint bench system-deps deps clean
+# npm packages for the discord.js witness in tests/sandbox (Node 24, @discordjs/voice, @snazzah/davey): pinned in
+# tests/sandbox/node, installed into .node/ once (npm ci, then a stamp). Without npm that one test is skipped.
+NODE_DIR := .node
+NODE_PKG := tests/sandbox/node
+NPM ?= $(shell command -v npm)
+
+.PHONY: run test lint bench system-deps deps node-deps clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -26,7 +32,20 @@ $(VENV)/.stamp: pyproject.toml
 
 deps: system-deps $(VENV)/.stamp
 
-test: deps
+ifneq ($(NPM),)
+node-deps: $(NODE_DIR)/.stamp
+else
+node-deps:
+	@echo "warning: npm not found: the discord.js witness in tests/sandbox/test_voice_server.py will be skipped (apt-get install npm)"
+endif
+
+$(NODE_DIR)/.stamp: $(NODE_PKG)/package.json $(NODE_PKG)/package-lock.json
+	mkdir -p $(NODE_DIR)
+	cp $(NODE_PKG)/package.json $(NODE_PKG)/package-lock.json $(NODE_DIR)/
+	cd $(NODE_DIR) && $(NPM) ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: deps node-deps
 	$(BIN)/ruff check bot cogs tests benchmarks
 	$(BIN)/python -m pytest -q
 
@@ -45,4 +64,4 @@ run: deps
 	else $(BIN)/python -m bot run --config $(CONFIG); fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR) .pytest_cache .ruff_cache

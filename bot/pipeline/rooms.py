@@ -23,7 +23,7 @@ from bot.pipeline.room import Room
 from bot.pipeline.service import CapReached, PipelineError, RoomStatus
 from bot.playback.speaker_account import PlaybackError
 from bot.realtime.outputs import SessionOutput, TranslatedAudio
-from bot.realtime.session import TranslationSession
+from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 from bot.store import Store
 
 log = logging.getLogger("parley.pipeline")
@@ -36,11 +36,16 @@ def _today() -> dt.date:
 
 @dataclass
 class VoiceLink:
-    """The listener in a source channel: its frames, how to leave, and which members are bots."""
+    """The listener in a source channel: its frames, how to leave, and which members are bots.
+
+    `ended` is set when the voice connection ends without us asking (kicked, channel deleted); `channel_id`
+    tells where the listener is now (a moderator may move it: it keeps interpreting there)."""
 
     frames: asyncio.Queue
     disconnect: Callable[[], Awaitable[None]]
     is_bot: Callable[[int], bool] = lambda user_id: False
+    ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    channel_id: Callable[[], int | None] = lambda: None
 
 
 class VoiceJoin(Protocol):
@@ -70,7 +75,8 @@ class _Running:
     room: Room
     mixer: Mixer
     pump: asyncio.Task[None]
-    disconnect: Callable[[], Awaitable[None]]
+    link: VoiceLink
+    watch: asyncio.Task[None] | None = None  # closes the room if the voice connection ends under it
 
 
 class RoomManager:
@@ -95,6 +101,7 @@ class RoomManager:
         self._open_sessions = 0
         self._spend_today: dict[int, tuple[dt.date, float]] = {}
         self._lock = asyncio.Lock()
+        self._languages: dict[str, bool] = {}  # target language → the backend accepted it
 
     # --- RoomService ----------------------------------------------------------------------------
 
@@ -139,7 +146,9 @@ class RoomManager:
                 ignore=link.is_bot,  # music bots and the like are not interpreted
             )
             pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
-            self._rooms[guild_id] = _Running(room, mixer, pump, disconnect)
+            running = _Running(room, mixer, pump, link)
+            running.watch = asyncio.create_task(self._watch_voice(guild_id, running), name=f"voice-watch-{guild_id}")
+            self._rooms[guild_id] = running
             log.info("room %s: interpreting channel %s via %s", guild_id, source_channel_id, self.settings.backend)
             return room.status()
 
@@ -148,32 +157,80 @@ class RoomManager:
             running = self._rooms.pop(guild_id, None)
         if running is None:
             raise PipelineError("Parley is not interpreting anything in this server.")
-        running.pump.cancel()
-        with contextlib.suppress(BaseException):
-            await running.pump
-        await running.room.close()  # last words are still translated and played
-        if self._playback is not None:
-            with contextlib.suppress(Exception):
-                await self._playback.stop(guild_id)
-        if self._captions is not None:
-            with contextlib.suppress(Exception):
-                await self._captions.close(guild_id)
-        with contextlib.suppress(Exception):
-            await running.disconnect()
+        try:
+            if running.watch is not None and running.watch is not asyncio.current_task():
+                running.watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running.watch
+            running.pump.cancel()
+            with contextlib.suppress(BaseException):
+                await running.pump
+            await running.room.close()  # last words are still translated and played
+        finally:
+            if self._playback is not None:
+                with contextlib.suppress(Exception):
+                    await self._playback.stop(guild_id)
+            if self._captions is not None:
+                with contextlib.suppress(Exception):
+                    await self._captions.close(guild_id)
+            if not running.link.ended.is_set():
+                with contextlib.suppress(Exception):
+                    await running.link.disconnect()
+
+    async def _watch_voice(self, guild_id: int, running: _Running) -> None:
+        """The listener's voice connection ended under a running room (kicked, channel deleted): close it."""
+        await running.link.ended.wait()
+        if self._rooms.get(guild_id) is not running:
+            return
+        log.warning("room %s: the listener was disconnected from voice; the room is closed", guild_id)
+        with contextlib.suppress(PipelineError):
+            await self.leave(guild_id)
 
     def status(self, guild_id: int) -> RoomStatus | None:
         running = self._rooms.get(guild_id)
         if running is None:
             return None
         _, ledger = self._spend_today.get(guild_id, (_today(), 0.0))  # closed sessions, today
-        return dataclasses.replace(running.room.status(), usd_today=ledger + running.room.live_usd())
+        status = running.room.status()
+        source = running.link.channel_id() or status.source_channel_id  # moved by a moderator: it follows
+        return dataclasses.replace(status, source_channel_id=source, usd_today=ledger + running.room.live_usd())
 
     async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
+        await self.check_language(language)  # before anything is saved: a language the backend can't serve
         running = self._rooms.get(guild_id)
         if running is not None:
             await running.room.set_language(user_id, language)
             if self._captions is not None:
                 self._captions.speaker(guild_id, user_id, language)
+
+    async def check_language(self, language: str) -> None:
+        """Raise PipelineError if the backend cannot translate into `language`.
+
+        Asked of the backend itself, once per language: a session opened with that target and closed at once
+        (no audio is sent, so nothing is billed). Answers are cached; an unreachable backend is not an answer.
+        """
+        known = self._languages.get(language)
+        if known is None:
+            session = self._session_factory(self.endpoint, language, self.settings, name=f"check-{language}")
+            try:
+                await session.open()
+                known = True
+            except SessionFatal as e:
+                if "unsupported_language" not in str(e):
+                    log.warning("language check for %s failed: %s", language, e)
+                    raise PipelineError("The translation backend refused the request; an admin should check the "
+                                        "bot's log.") from None
+                known = False
+            except SessionUnavailable as e:
+                log.warning("language check for %s: %s", language, e)
+                raise PipelineError("I can't reach the translation backend right now; please try again.") from None
+            finally:
+                with contextlib.suppress(Exception):
+                    await session.abort()
+            self._languages[language] = known
+        if not known:
+            raise PipelineError(f"The translation backend ({self.settings.backend}) can't translate into "
+                                f"`{language}`; your language is unchanged.")
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         running = self._rooms.get(guild_id)
@@ -287,6 +344,9 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
             member = guild.get_member(user_id)
             return bool(member and member.bot)
 
-        return VoiceLink(vc.frames, disconnect, is_bot)
+        def where() -> int | None:
+            return vc.channel.id if vc.channel is not None else None
+
+        return VoiceLink(vc.frames, disconnect, is_bot, vc.ended, where)
 
     return join

@@ -163,8 +163,8 @@ class Gateway:
             ready["shard"] = shard
         await session.dispatch("READY", ready)
         if session.intents & INTENT_GUILDS:
-            for g in guilds:
-                await session.dispatch("GUILD_CREATE", self.world.guild_payload(g, user.id))
+            for g in guilds:  # READY listed them unavailable: each now becomes available
+                await session.dispatch("GUILD_CREATE", {**self.world.guild_payload(g, user.id), "unavailable": False})
 
     async def close(self) -> None:
         for s in list(self.sessions):

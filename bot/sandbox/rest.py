@@ -42,7 +42,7 @@ class ApiError(Exception):
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=json.dumps(data).encode(), status=status,
-                        headers={"Content-Type": "application/json", **(headers or {})})
+                        headers={"Content-Type": "application/json", "Via": "1.1 google", **(headers or {})})
 
 
 @dataclass

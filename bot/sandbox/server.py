@@ -134,6 +134,12 @@ class Sandbox:
     def add_channel(self, guild: Guild, name: str, kind: str = "voice") -> Channel:
         return self.world.add_channel(guild, name, ChannelType.VOICE if kind == "voice" else ChannelType.TEXT)
 
+    async def create_channel(self, guild: Guild, name: str, kind: str = "voice") -> Channel:
+        """An admin creates a channel while clients are online: they get CHANNEL_CREATE."""
+        channel = self.add_channel(guild, name, kind)
+        await self.gateway.dispatch_guild(guild, "CHANNEL_CREATE", channel.payload(), INTENT_GUILDS)
+        return channel
+
     async def invite(self, guild: Guild, *users: User) -> None:
         """Add accounts to a guild (a bot invited, a person joining); their connected sessions get GUILD_CREATE."""
         for user in users:

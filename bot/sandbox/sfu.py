@@ -116,10 +116,11 @@ class Sfu(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self._by_user: dict[int, SfuMember] = {}
+        # An account has one voice connection per guild, and may have several guilds: members are keyed by both.
+        self._members: dict[tuple[int, int], SfuMember] = {}  # (guild, user) → member
         self._by_ssrc: dict[int, SfuMember] = {}
         self.stats: Counter[str] = Counter()
-        self._stats_of_gone: dict[int, Counter[str]] = {}
+        self._stats_of_gone: dict[int, Counter[str]] = {}  # user → counters of connections that ended
 
     async def start(self, host: str = "127.0.0.1") -> None:
         loop = asyncio.get_running_loop()
@@ -138,27 +139,30 @@ class Sfu(asyncio.DatagramProtocol):
     # --- membership, driven by the voice gateway ---
 
     def join(self, user_id: int, ssrc: int, room: Room) -> None:
-        self.leave(user_id)
-        member = SfuMember(user_id, ssrc, room, stats=self._stats_of_gone.pop(user_id, Counter()))
-        self._by_user[user_id] = member
+        self.leave(user_id, room[0])
+        member = SfuMember(user_id, ssrc, room)
+        self._members[(room[0], user_id)] = member
         self._by_ssrc[ssrc] = member
 
-    def set_session(self, user_id: int, mode: str, key: bytes, address: Address | None = None) -> None:
+    def set_session(self, user_id: int, guild_id: int, mode: str, key: bytes, address: Address | None = None) -> None:
         """After SELECT_PROTOCOL: the member may now receive; `address` is what it claimed (discovery wins)."""
-        member = self._by_user[user_id]
+        member = self._members[(guild_id, user_id)]
         member.mode, member.key = mode, key
         if member.address is None and address is not None:
             member.address = address
 
-    def leave(self, user_id: int) -> None:
-        member = self._by_user.pop(user_id, None)
+    def leave(self, user_id: int, guild_id: int) -> None:
+        member = self._members.pop((guild_id, user_id), None)
         if member is not None:
             self._by_ssrc.pop(member.ssrc, None)
-            self._stats_of_gone[user_id] = member.stats
+            self._stats_of_gone.setdefault(user_id, Counter()).update(member.stats)
 
     def counters(self, user_id: int) -> dict[str, int]:
-        member = self._by_user.get(user_id)
-        stats = member.stats if member else self._stats_of_gone.get(user_id, Counter())
+        """One account's totals over all its connections, past and present."""
+        stats = Counter(self._stats_of_gone.get(user_id, Counter()))
+        for (_, uid), member in self._members.items():
+            if uid == user_id:
+                stats.update(member.stats)
         return {name: stats[name] for name in ("packets_in", "packets_out", "bytes_in", "dropped")}
 
     # --- datagrams ---
@@ -218,7 +222,7 @@ class Sfu(asyncio.DatagramProtocol):
         out_header[0] = (out_header[0] & 0xE0) | 0x10  # V=2, P kept, X=1, no CSRCs
         aad = bytes(out_header) + EXTENSION_PREAMBLE
         plaintext = EXTENSION_BODY + payload
-        for receiver in list(self._by_user.values()):
+        for receiver in list(self._members.values()):
             if receiver is sender or receiver.room != sender.room:
                 continue
             if receiver.key is None or receiver.mode is None or receiver.address is None:

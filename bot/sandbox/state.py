@@ -55,10 +55,13 @@ class Snowflakes:
 
     def __init__(self) -> None:
         self._counter = itertools.count()
+        self._last = 0
 
     def __call__(self) -> int:
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
-        return (ms << 22) | (next(self._counter) & 0x3FFFFF)
+        # The wall clock can step back (NTP): ids still only increase.
+        self._last = max(self._last + 1, (ms << 22) | (next(self._counter) & 0x3FFFFF))
+        return self._last
 
 
 def iso(ts: float) -> str:
@@ -254,7 +257,10 @@ class World:
         }
 
     def guild_payload(self, guild: Guild, for_user: int) -> dict[str, Any]:
-        """GUILD_CREATE: channels, the @everyone role, voice states and the members in voice (and the user)."""
+        """GUILD_CREATE: channels, the @everyone role, voice states and the members in voice (and the user).
+
+        As Discord sends it when the user joins a guild: without `unavailable` (clients tell a join from a
+        guild becoming available by that key; the gateway adds `"unavailable": false` after READY)."""
         in_voice = set(guild.voice)
         member_ids = [uid for uid in guild.members if uid in in_voice or uid == for_user]
         return {
@@ -265,7 +271,7 @@ class World:
             "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
             "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
             "public_updates_channel_id": None, "max_members": 500000, "max_video_channel_users": 25,
-            "vanity_url_code": None, "application_id": None, "widget_enabled": False, "unavailable": False,
+            "vanity_url_code": None, "application_id": None, "widget_enabled": False,
             "joined_at": iso(guild.members.get(for_user, time.time())), "large": False,
             "member_count": len(guild.members), "roles": [guild.role_payload()], "emojis": [], "stickers": [],
             "channels": [c.payload() for c in guild.channels.values()], "threads": [], "presences": [],

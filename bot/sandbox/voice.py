@@ -400,7 +400,7 @@ class VoiceServer:
             conn.close_code = CLOSE_UNKNOWN_MODE
             return False
         key = dave.new_secret_key()
-        self.sfu.set_session(conn.user_id, mode, bytes(key), (address, port))
+        self.sfu.set_session(conn.user_id, conn.room[0], mode, bytes(key), (address, port))
         first = not conn.described
         conn.described = True
         self._send(
@@ -453,7 +453,7 @@ class VoiceServer:
             return
         del self._conns[key]
         conn.closing = True
-        self.sfu.leave(conn.user_id)
+        self.sfu.leave(conn.user_id, conn.room[0])
         for other in self._room_conns(conn.room):
             self._send(other, CLIENT_DISCONNECT, {"user_id": str(conn.user_id)})
         channel = self._channels.get(conn.room)

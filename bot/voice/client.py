@@ -49,6 +49,7 @@ class ListeningVoiceClient(discord.VoiceClient):
         super().__init__(client, channel)
         config = self.voice_config
         self.frames: asyncio.Queue[VoiceFrame] = asyncio.Queue(maxsize=config.frame_queue_size)
+        self.ended = asyncio.Event()  # set when the connection is gone (our disconnect, a kick, a deleted channel)
         self._sink = AsyncioFrameSink(self.loop, self.frames)
         capture = None
         if config.capture:
@@ -91,6 +92,7 @@ class ListeningVoiceClient(discord.VoiceClient):
         self._connection.remove_socket_listener(self.receive.feed_datagram)
         self.receive.stop(timeout=0)  # flushes on its own thread; never wait on the event loop
         super().cleanup()
+        self.loop.call_soon_threadsafe(self.ended.set)
 
     @property
     def receive_counters(self) -> dict[str, Any]:

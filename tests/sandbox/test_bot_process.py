@@ -69,6 +69,59 @@ async def test_language_change_reaches_the_running_session(env: Stack) -> None:
     await until(lambda: any("(→ eo)" in c for c in env.captions(room)), 30, "a caption labelled Esperanto")
 
 
+async def test_a_language_the_backend_cannot_serve_is_refused_and_nothing_changes(env: Stack) -> None:
+    room = await env.room("Guild F")
+    alice = await env.person(room, "Alice", room.source)
+    await env.command(room, alice.user, "join", {"caption_channel": room.captions})
+    await env.command(room, alice.user, "language", {"code": "es"})
+    reply = await env.command(room, alice.user, "language", {"code": "fr"})  # bot.localrt here has no en→fr
+    assert "can't translate into `fr`" in reply.content, reply.content
+    assert reply.flags & MessageFlag.EPHEMERAL
+    status = await env.command(room, alice.user, "status")
+    assert "translated into es" in status.content, status.content
+    await alice.speak(env.wavs["morning"])  # still translated, into Spanish
+    await until(lambda: any("(→ es)" in c and "reuni" in c.lower() for c in env.captions(room)), 30,
+                "a Spanish caption after the refusal")
+
+
+async def test_listener_kicked_closes_the_room_and_moved_follows(env: Stack) -> None:
+    room = await env.room("Guild G")
+    alice = await env.person(room, "Alice", room.source)
+    await env.command(room, alice.user, "join", {"output_channel": room.output, "caption_channel": room.captions})
+    listener = env.sb.world.users[env.listener.id]
+    # Moved by a moderator to another channel: it keeps interpreting, there.
+    other = await env.sb.create_channel(room.guild, "Stage")
+    bob = await env.person(room, "Bob", other)
+    await env.sb.move(room.guild, listener, other)
+    await until(lambda: listener in env.sb.in_voice(room.guild, other), 10, "the listener in the new channel")
+    status = await env.command(room, alice.user, "status")
+    assert f"<#{other.id}>" in status.content, status.content
+    await env.command(room, bob.user, "language", {"code": "es"})
+    await bob.speak(env.wavs["morning"])
+    await until(lambda: any("Bob" in c for c in env.captions(room)), 30, "Bob's caption after the move")
+    # Kicked from voice: the room closes (no silent half-alive room) and can be started again.
+    await env.sb.move(room.guild, listener, None)
+    await until(lambda: not any(u.bot for u in env.sb.in_voice(room.guild, room.output)), 15,
+                "the speaker account to leave too")
+    status = await env.command(room, alice.user, "status")
+    assert "isn't interpreting" in status.content, status.content
+    again = await env.command(room, alice.user, "join", {"caption_channel": room.captions})
+    assert "Interpreting" in again.content, again.content
+
+
+async def test_two_guilds_at_once(env: Stack) -> None:
+    rooms = [await env.room("Guild H1"), await env.room("Guild H2")]
+    people = [await env.person(r, "Alice", r.source) for r in rooms]
+    for r, p, lang in zip(rooms, people, ("es", "eo"), strict=True):
+        await env.command(r, p.user, "join", {"caption_channel": r.captions})
+        await env.command(r, p.user, "language", {"code": lang})
+    await asyncio.gather(*(p.speak(env.wavs["morning"]) for p in people))
+    for r, lang in zip(rooms, ("es", "eo"), strict=True):
+        await until(lambda r=r, lang=lang: any(f"(→ {lang})" in c for c in env.captions(r)), 30,
+                    f"the {lang} caption in {r.guild.name}")
+    assert not any("(→ eo)" in c for c in env.captions(rooms[0])), "captions crossed guilds"
+
+
 async def test_opt_out_mid_sentence_sends_nothing_more_upstream(env: Stack) -> None:
     room = await env.room("Guild C")
     alice = await env.person(room, "Alice", room.source)

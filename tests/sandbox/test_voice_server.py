@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,9 +165,9 @@ async def test_sfu_reencrypts_for_an_aes_gcm_receiver() -> None:
             assert len(answer) == 74 and answer[:2] == b"\x00\x02"
             assert answer[8 : answer.index(0, 8)] == b"127.0.0.1"
             assert struct.unpack(">H", answer[-2:])[0] == sock.getsockname()[1]
-        sfu.set_session(1, XCHACHA, key_a)
-        sfu.set_session(2, AES_GCM, key_b)
-        sfu.set_session(3, AES_GCM, key_b)
+        sfu.set_session(1, GUILD, XCHACHA, key_a)
+        sfu.set_session(2, GUILD, AES_GCM, key_b)
+        sfu.set_session(3, GUILD, AES_GCM, key_b)
         # The sender uses a CSRC and its own header extension: both must be gone after relaying.
         header = bytes([0x91, 0x78]) + struct.pack(">HII", 5, 960, 111) + struct.pack(">I", 42)
         ext = b"\xbe\xde\x00\x02" + b"\x22\x01\x02\x00" + b"\x00\x00\x00\x00"
@@ -474,12 +475,34 @@ rl.on('line', async (line) => {
 """
 
 
-def _node_path() -> str | None:
-    """Where @discordjs/voice is installed (PARLEY_NODE_PATH); None skips the discord.js witness."""
-    path = os.environ.get("PARLEY_NODE_PATH")
-    if not path or shutil.which("node") is None or not Path(path, "@discordjs", "voice").is_dir():
-        return None
-    return path
+NODE_MODULES = Path(__file__).resolve().parents[2] / ".node" / "node_modules"  # `make test` installs it there
+DJS_NODE = (22, 12)  # @discordjs/voice 0.19's engines.node
+
+
+def _find_node() -> tuple[str, str] | str:
+    """(node binary, node_modules holding @discordjs/voice), or why the discord.js witness is skipped.
+
+    node_modules: PARLEY_NODE_PATH, else .node/node_modules (`make node-deps`, from tests/sandbox/node).
+    node: the Node 24 that package installs (node_modules/.bin/node), else the one on PATH.
+    """
+    modules = Path(os.environ.get("PARLEY_NODE_PATH") or NODE_MODULES)
+    if not (modules / "@discordjs" / "voice").is_dir():
+        return f"no @discordjs/voice in {modules}: run `make node-deps` (needs npm) or set PARLEY_NODE_PATH"
+    node = modules / ".bin" / "node"
+    binary = str(node) if node.is_file() else shutil.which("node")
+    if binary is None:
+        return f"no node binary in {modules / '.bin'} or on PATH"
+    try:
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        found = tuple(int(x) for x in version.lstrip("v").split(".")[:2])
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        return f"{binary} --version failed: {e}"
+    if found < DJS_NODE:
+        return f"{binary} is {version}; @discordjs/voice 0.19 needs Node >= {'.'.join(map(str, DJS_NODE))}"
+    return binary, str(modules)
+
+
+NODE = _find_node()
 
 
 class NodeMember:
@@ -506,9 +529,11 @@ class NodeMember:
                 return msg
 
 
-@pytest.mark.skipif(_node_path() is None, reason="set PARLEY_NODE_PATH to a node_modules with @discordjs/voice")
+@pytest.mark.skipif(isinstance(NODE, str), reason=NODE if isinstance(NODE, str) else "")
 async def test_discord_js_negotiates_aes_gcm_and_both_directions_decode(harness: Harness, tmp_path: Path) -> None:
     server = harness.server
+    assert not isinstance(NODE, str)
+    node_binary, node_modules = NODE
     a = await harness.join(1001)
     script = tmp_path / "member.js"
     script.write_text(DJS_MEMBER)
@@ -516,7 +541,7 @@ async def test_discord_js_negotiates_aes_gcm_and_both_directions_decode(harness:
     token = server.grant(GUILD, CHANNEL, user_id, "djs-session")
     env = {
         **os.environ,
-        "NODE_PATH": _node_path() or "",
+        "NODE_PATH": node_modules,
         "NODE_EXTRA_CA_CERTS": str(tmp_path / "tls" / "ca.pem"),
         "GUILD_ID": str(GUILD),
         "CHANNEL_ID": str(CHANNEL),
@@ -526,7 +551,7 @@ async def test_discord_js_negotiates_aes_gcm_and_both_directions_decode(harness:
         "ENDPOINT": server.endpoint,
     }
     proc = await asyncio.create_subprocess_exec(
-        "node", str(script), env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        node_binary, str(script), env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
     node = NodeMember(proc)
     try:

@@ -13,7 +13,7 @@ NODE_DIR := .node
 NODE_PKG := tests/sandbox/node
 NPM ?= $(shell command -v npm)
 
-.PHONY: run test lint bench system-deps deps node-deps clean
+.PHONY: run demo test lint bench system-deps deps node-deps clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -55,13 +55,20 @@ lint: deps
 bench: deps
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# With no DISCORD_TOKEN, `make run` shows the demo: a local Discord, the bot, people talking (no account needed).
 # With no OPENAI_API_KEY, Parley runs on its own offline server (bot.localrt) on 127.0.0.1.
 run: deps
-	@if [ -z "$$OPENAI_API_KEY" ]; then \
+	@if [ -z "$$DISCORD_TOKEN" ]; then \
+	  echo "DISCORD_TOKEN is not set: running the demo against a local Discord (python -m bot demo)"; \
+	  $(BIN)/python -m bot demo --out demo-out --config $(CONFIG); \
+	elif [ -z "$$OPENAI_API_KEY" ]; then \
 	  echo "OPENAI_API_KEY is not set: starting bot.localrt (the local: section of $(CONFIG))"; \
 	  $(BIN)/python -m bot localrt --config $(CONFIG) & trap "kill $$!" EXIT; \
 	  PARLEY_BACKEND=local $(BIN)/python -m bot run --config $(CONFIG); \
 	else $(BIN)/python -m bot run --config $(CONFIG); fi
+
+demo: deps
+	$(BIN)/python -m bot demo --out demo-out --config $(CONFIG)
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR) .pytest_cache .ruff_cache

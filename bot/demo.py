@@ -83,9 +83,11 @@ class DemoResult:
 
 
 def parse_speaker(arg: str) -> tuple[Path, str]:
-    path, _, lang = arg.rpartition(":") if ":" in arg and not arg.endswith(".wav") else (arg, "", "")
-    if not path:
-        path, lang = arg, ""
+    """`FILE.wav[:LANG]` → (path, target language); LANG defaults to the demo's target."""
+    path, lang = arg, ""
+    head, sep, tail = arg.rpartition(":")
+    if sep and head and "/" not in tail and not tail.lower().endswith(".wav"):
+        path, lang = head, tail
     try:
         language = check_language(lang) if lang else DEFAULT_TARGET
     except ValueError as e:

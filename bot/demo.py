@@ -65,12 +65,19 @@ class Utterance:
     text: str | None = None  # known for synthesized speech
     started: float = 0.0  # monotonic time its first frame was sent
     onset_s: float = 0.0  # where speech starts inside the file
+    end_s: float = 0.0  # where it ends
     heard_at: float | None = None  # monotonic time the listener first heard its translation
     sent_s: float = 0.0
 
     @property
     def ear_voice_span_s(self) -> float | None:
+        """Speech onset → the first translated sound heard (what a listener waits)."""
         return None if self.heard_at is None else self.heard_at - (self.started + self.onset_s)
+
+    @property
+    def after_speech_s(self) -> float | None:
+        """End of the speech → the first translated sound (what the pipeline adds after the speaker stops)."""
+        return None if self.heard_at is None else self.heard_at - (self.started + self.end_s)
 
 
 @dataclass
@@ -108,10 +115,11 @@ def synthesize(text: str, voice: str, path: Path) -> Path:
     return path
 
 
-def speech_onset(pcm16: bytes) -> float:
+def speech_span(pcm16: bytes) -> tuple[float, float]:
+    """Where speech starts and ends in the audio (seconds)."""
     x = np.abs(np.frombuffer(pcm16, "<i2").astype(np.float32) / 32768)
     loud = np.flatnonzero(x > QUIET * 3)
-    return float(loud[0]) / RATE if len(loud) else 0.0
+    return (float(loud[0]) / RATE, float(loud[-1]) / RATE) if len(loud) else (0.0, 0.0)
 
 
 def free_port() -> int:
@@ -221,7 +229,7 @@ async def run_demo(utterances: list[Utterance], out: Path, config: Path | None, 
             for u in utterances:
                 print(f"demo: {u.speaker} speaks {u.wav.name} …", flush=True)
                 pcm = read_wav_24k_mono(u.wav)
-                u.onset_s, u.sent_s = speech_onset(pcm), len(pcm) / 2 / RATE
+                (u.onset_s, u.end_s), u.sent_s = speech_span(pcm), len(pcm) / 2 / RATE
                 sb.note("speech", {"speaker": u.speaker, "file": u.wav.name, "seconds": round(u.sent_s, 2)})
                 u.started = await by_name[u.speaker].speak(pcm)
                 u.heard_at = await wait_quiet(listener_member, voice.id, u.started, 1.5, 25)
@@ -306,7 +314,8 @@ def _timeline(result: DemoResult, to_clock: float) -> dict[str, Any]:
             {"speaker": u.speaker, "file": u.wav.name, "target_language": u.language, "text": u.text,
              "seconds": round(u.sent_s, 2), "speech_onset_t": round(u.started + u.onset_s + to_clock, 3),
              "translation_heard_t": None if u.heard_at is None else round(u.heard_at + to_clock, 3),
-             "ear_voice_span_s": None if u.ear_voice_span_s is None else round(u.ear_voice_span_s, 3)}
+             "ear_voice_span_s": None if u.ear_voice_span_s is None else round(u.ear_voice_span_s, 3),
+             "after_speech_end_s": None if u.after_speech_s is None else round(u.after_speech_s, 3)}
             for u in result.utterances
         ],
         "commands": result.replies,
@@ -353,7 +362,8 @@ def main(args: argparse.Namespace) -> int:
 def print_summary(result: DemoResult, out: Path, seconds: float) -> None:
     print("\nWhat was said, and what the listener in #Interpretation heard:")
     for u in result.utterances:
-        evs = "no translation heard" if u.ear_voice_span_s is None else f"ear-voice span {u.ear_voice_span_s:.2f} s"
+        evs = "no translation heard" if u.ear_voice_span_s is None else (
+            f"ear-voice span {u.ear_voice_span_s:.2f} s, {u.after_speech_s:.2f} s after the speech ended")
         said = f'"{u.text}"' if u.text else u.wav.name
         print(f"  {u.speaker} (→ {u.language}): {said}  [{evs}]")
     print("\nCaption channel:")

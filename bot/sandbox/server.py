@@ -238,6 +238,11 @@ class Sandbox:
         assert session.user is not None
         uid = session.user.id
         old = guild.voice.get(uid)
+        moved = old is not None and (old.channel_id != channel.id or old.session_id != session.session_id)
+        if moved:
+            # Discord ends the old voice connection first (4014), then announces the new channel and server,
+            # which is the order discord.py's reconnect-after-4014 waits for.
+            await self.voice.revoke(guild.id, uid)
         guild.voice[uid] = VoiceState(uid, channel.id, session.session_id, self_mute, self_deaf)
         await self.gateway.dispatch_guild(guild, "VOICE_STATE_UPDATE", self.world.voice_state_payload(guild, uid),
                                           INTENT_VOICE_STATES)

@@ -18,7 +18,7 @@ from bot.pipeline.service import PipelineError
 from bot.realtime.outputs import TargetText
 from bot.store import Store
 from bot.voice.worker import VoiceFrame
-from tests.realtime.peer import Peer, numbered_audio
+from tests.realtime.peer import Faults, Peer, numbered_audio
 from tests.realtime.test_session import fast_settings
 
 FRAME = 960
@@ -173,4 +173,45 @@ async def test_bots_in_the_channel_are_not_interpreted(store: Store) -> None:
         await speak(voice.queues[1], 666, numbered_audio(5))  # a music bot
         await asyncio.sleep(0.1)
         assert peer.connections == [] and rooms.status(1).speakers == []
+        await rooms.leave(1)
+
+
+async def test_a_language_the_backend_refuses_is_refused_before_anything_changes(store: Store) -> None:
+    async with Peer(faults=Faults(reject_language="fr")) as peer:
+        rooms, *_ = manager(peer, store)
+        await rooms.join(1, 100, None, None)
+        with pytest.raises(PipelineError, match="can't translate into `fr`"):
+            await rooms.set_language(1, 42, "fr")
+        with pytest.raises(PipelineError, match="can't translate into `fr`"):  # also without a room
+            await rooms.set_language(2, 42, "fr")
+        asked = len(peer.connections)
+        with pytest.raises(PipelineError):
+            await rooms.set_language(1, 43, "fr")
+        assert len(peer.connections) == asked, "the answer is cached: the backend is asked once per language"
+        await rooms.set_language(1, 42, "es")  # accepted
+        await rooms.leave(1)
+
+
+async def test_voice_connection_ending_under_a_room_closes_it(store: Store) -> None:
+    async with Peer() as peer:
+        rooms, voice, playback, captions = manager(peer, store)
+        ended = asyncio.Event()
+
+        async def join(guild_id: int, channel_id: int) -> VoiceLink:
+            link = await FakeVoice.__call__(voice, guild_id, channel_id)
+            link.ended = ended
+            return link
+
+        rooms._join_voice = join
+        await rooms.join(1, 100, 200, 300)
+        assert rooms.status(1) is not None and 1 in playback.mixers
+        ended.set()  # kicked by a moderator
+        for _ in range(100):
+            if rooms.status(1) is None:
+                break
+            await asyncio.sleep(0.02)
+        assert rooms.status(1) is None, "a room without its voice connection must not look alive"
+        assert 1 not in playback.mixers and 1 not in captions.open_rooms
+        assert voice.disconnected == [], "the connection was already gone: nothing to disconnect"
+        await rooms.join(1, 100, 200, 300)  # and it can be started again
         await rooms.leave(1)

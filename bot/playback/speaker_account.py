@@ -34,12 +34,17 @@ def speaker_intents() -> discord.Intents:
 
 
 class SpeakerAccount:
-    def __init__(self, client: discord.Client | None = None, *, connect_timeout: float = 30.0) -> None:
+    def __init__(self, client: discord.Client | None = None, *, connect_timeout: float = 30.0,
+                 max_restarts: int = 5) -> None:
         self.client = client if client is not None else discord.Client(intents=speaker_intents())
         self.connect_timeout = connect_timeout
+        self.max_restarts = max_restarts  # in a row, per guild; a player that plays for a minute resets it
+        self.restarts = 0  # players restarted after dying (all guilds, since start)
         self._runner: asyncio.Task[None] | None = None
         self._sources: dict[int, MixerSource] = {}
-
+        self._failures: dict[int, tuple[int, float]] = {}  # guild → (deaths in a row, time of the last)
+        self._restarting: set[asyncio.Task[None]] = set()
+        self.problem: dict[int, str] = {}  # guild → why its translations are no longer played
     async def start(self, token: SecretStr | str | None) -> None:
         """Log in and wait until the guild cache is ready; raises PlaybackError if that fails."""
         if isinstance(token, SecretStr):
@@ -61,6 +66,11 @@ class SpeakerAccount:
 
     async def close(self) -> None:
         """Stop every player, leave every voice channel, log out."""
+        for task in list(self._restarting):
+            task.cancel()
+        for task in list(self._restarting):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for guild_id in list(self._sources):
             with contextlib.suppress(Exception):
                 await self.stop(guild_id)
@@ -94,9 +104,13 @@ class SpeakerAccount:
             old.close()
         if voice.is_playing() or voice.is_paused():
             voice.stop()
+        self._start_player(guild_id, voice, mixer)
+
+    def _start_player(self, guild_id: int, voice: discord.VoiceClient, mixer: Mixer) -> None:
         source = MixerSource(mixer)
         self._sources[guild_id] = source
-        voice.play(source, after=lambda error: self._ended(guild_id, error))
+        self.problem.pop(guild_id, None)
+        voice.play(source, after=lambda error: self._ended(guild_id, source, error))
 
     async def stop(self, guild_id: int) -> None:
         """Stop playing in `guild_id` and leave its voice channel (nothing to do if not there)."""
@@ -114,8 +128,35 @@ class SpeakerAccount:
         if not task.cancelled() and task.exception() is not None:
             log.error("speaker account: gateway connection ended: %r", task.exception())
 
-    @staticmethod
-    def _ended(guild_id: int, error: Exception | None) -> None:
-        """discord.py's player thread ended (called on that thread): only log."""
-        if error is not None:
-            log.error("guild %s: playback stopped: %r", guild_id, error)
+    def _ended(self, guild_id: int, source: MixerSource, error: Exception | None) -> None:
+        """discord.py's player thread ended (called on that thread). A player we did not stop is restarted."""
+        if self._sources.get(guild_id) is not source:
+            return  # stopped or replaced on purpose
+        log.error("guild %s: playback stopped: %r; restarting the player", guild_id, error)
+        self.client.loop.call_soon_threadsafe(self._schedule_restart, guild_id, source)
+
+    def _schedule_restart(self, guild_id: int, source: MixerSource) -> None:
+        task = asyncio.create_task(self._restart(guild_id, source), name=f"restart-player-{guild_id}")
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
+
+    async def _restart(self, guild_id: int, source: MixerSource) -> None:
+        """Play the same mix again after a backoff; give up (and say why) after `max_restarts` in a row."""
+        loop = asyncio.get_running_loop()
+        deaths, last = self._failures.get(guild_id, (0, 0.0))
+        deaths = 1 if loop.time() - last > 60 else deaths + 1
+        self._failures[guild_id] = (deaths, loop.time())
+        if deaths > self.max_restarts:
+            self.problem[guild_id] = "the player keeps failing; translations are not being played"
+            log.error("guild %s: playback failed %d times in a row; giving up", guild_id, deaths - 1)
+            return
+        await asyncio.sleep(min(0.25 * 2 ** (deaths - 1), 5.0))
+        guild = self.client.get_guild(guild_id)
+        voice = guild.voice_client if guild is not None else None
+        if self._sources.get(guild_id) is not source or not isinstance(voice, discord.VoiceClient):
+            return  # stopped meanwhile, or no longer connected
+        if not voice.is_connected():
+            self.problem[guild_id] = "the speaker account lost its voice connection"
+            return
+        self.restarts += 1
+        self._start_player(guild_id, voice, source.mixer)

@@ -135,6 +135,13 @@ class DiscordConfig(_Section):
         return v
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics (`/metrics`); off unless a port is set."""
+
+    port: int | None = Field(None, ge=0, le=65535)  # 0 = any free port (logged)
+    host: str = "127.0.0.1"
+
+
 class StoreConfig(_Section):
     """Where member preferences, guild channels and the spend ledger live (bot/store.py)."""
 
@@ -176,6 +183,7 @@ class Settings(_Section):
     local: LocalRTConfig = LocalRTConfig()
     store: StoreConfig = StoreConfig()
     discord: DiscordConfig = DiscordConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
 

@@ -22,6 +22,7 @@ import yarl
 from discord.ext import commands
 
 from bot.config import ConfigError, DiscordConfig, Settings, load_settings, resolve_endpoint
+from bot.metrics import MetricsServer
 from bot.pipeline.rooms import DiscordCaptions, RoomManager, discord_voice_join
 from bot.playback.captions import CaptionRouter
 from bot.playback.speaker_account import PlaybackError, SpeakerAccount, speaker_intents
@@ -128,6 +129,15 @@ async def serve(settings: Settings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    metrics = None
+    if settings.metrics.port is not None:
+        metrics = MetricsServer(app, settings.metrics.host, settings.metrics.port)
+        try:
+            metrics.start()
+        except OSError as e:
+            await app.close()
+            raise ConfigError(f"metrics.port: cannot listen on {settings.metrics.host}:{settings.metrics.port} "
+                              f"({e.strerror})") from None
     gateway: asyncio.Task[None] | None = None
     stopped = asyncio.create_task(stop.wait(), name="shutdown-signal")
     try:
@@ -157,6 +167,8 @@ async def serve(settings: Settings) -> int:
                     await gateway
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            if metrics is not None:
+                metrics.close()
     log.info("stopped")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 
 import pytest
 import pytest_asyncio
@@ -27,7 +28,10 @@ async def env(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("whole-bot")
     async with stack(tmp) as s:
         s.wavs = {"morning": synthesize(MORNING, tmp / "morning.wav"), "long": synthesize(LONG, tmp / "long.wav")}
-        s.bot = await s.start_bot()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            s.metrics_port = sock.getsockname()[1]
+        s.bot = await s.start_bot(metrics={"port": s.metrics_port})
         yield s
 
 
@@ -54,6 +58,20 @@ async def test_join_consent_speech_captions_and_translated_audio(env: Stack) -> 
     await until(lambda: loud_seconds(carol.heard(env.voice.id)) > 1.0, 20, "Carol to hear the translation")
     assert env.localrt.audio_bytes_received > before
     assert "Traceback" not in env.bot.text()
+
+
+async def test_metrics_count_rooms_sessions_and_packets(env: Stack) -> None:
+    """Runs after the first test: its room is still open and its packets were decoded."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{env.metrics_port}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values["parley_rooms"] >= 1, text
+    assert values['parley_voice_packets_total{outcome="decoded"}'] > 50, text
+    assert "Alice" not in text and "user" not in text  # no per-member labels
 
 
 async def test_language_change_reaches_the_running_session(env: Stack) -> None:

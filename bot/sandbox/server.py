@@ -249,7 +249,8 @@ class Sandbox:
         if old is not None and old.channel_id == channel.id and old.session_id == session.session_id:
             return  # only mute/deaf changed: the voice connection stays
         self._event("voice_join", {"user": session.user.name, "channel": channel.name})
-        token = self.voice.grant(guild.id, channel.id, uid, session.session_id)
+        token = self.voice.grant(guild.id, channel.id, uid, session.session_id,
+                                 speak=self.world.can(guild, channel, uid, Perm.SPEAK))
         await session.dispatch("VOICE_SERVER_UPDATE",
                                {"token": token, "guild_id": str(guild.id), "endpoint": self.voice.endpoint})
 

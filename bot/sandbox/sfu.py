@@ -108,6 +108,7 @@ class SfuMember:
     mode: str | None = None
     key: bytes | None = None
     nonce: int = 0
+    speak: bool = True
     stats: Counter[str] = field(default_factory=Counter)
 
 
@@ -138,9 +139,9 @@ class Sfu(asyncio.DatagramProtocol):
 
     # --- membership, driven by the voice gateway ---
 
-    def join(self, user_id: int, ssrc: int, room: Room) -> None:
+    def join(self, user_id: int, ssrc: int, room: Room, *, speak: bool = True) -> None:
         self.leave(user_id, room[0])
-        member = SfuMember(user_id, ssrc, room)
+        member = SfuMember(user_id, ssrc, room, speak=speak)
         self._members[(room[0], user_id)] = member
         self._by_ssrc[ssrc] = member
 
@@ -163,7 +164,7 @@ class Sfu(asyncio.DatagramProtocol):
         for (_, uid), member in self._members.items():
             if uid == user_id:
                 stats.update(member.stats)
-        return {name: stats[name] for name in ("packets_in", "packets_out", "bytes_in", "dropped")}
+        return {name: stats[name] for name in ("packets_in", "packets_out", "bytes_in", "dropped", "not_permitted")}
 
     # --- datagrams ---
 
@@ -197,6 +198,9 @@ class Sfu(asyncio.DatagramProtocol):
         sender.stats["bytes_in"] += len(data)
         if sender.address != addr or sender.key is None or sender.mode is None:
             sender.stats["dropped"] += 1
+            return
+        if not sender.speak:
+            sender.stats["not_permitted"] += 1
             return
         try:
             header, payload = open_packet(sender.mode, sender.key, data)

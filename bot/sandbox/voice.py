@@ -65,6 +65,7 @@ class _Grant:
     user_id: int
     session_id: str
     token: str
+    speak: bool = True  # the Speak permission: without it Discord forwards none of the member's audio
 
 
 @dataclass(eq=False)
@@ -167,10 +168,10 @@ class VoiceServer:
 
     # --- the main gateway's side ---
 
-    def grant(self, guild_id: int, channel_id: int, user_id: int, session_id: str) -> str:
+    def grant(self, guild_id: int, channel_id: int, user_id: int, session_id: str, *, speak: bool = True) -> str:
         old = self._conns.get((guild_id, user_id))
         token = secrets.token_hex(16)
-        self._grants[(guild_id, user_id)] = _Grant(guild_id, channel_id, user_id, session_id, token)
+        self._grants[(guild_id, user_id)] = _Grant(guild_id, channel_id, user_id, session_id, token, speak)
         if old is not None:
             self._spawn(self._close_conn(old, CLOSE_DISCONNECTED))
         return token
@@ -321,7 +322,7 @@ class VoiceServer:
             self._next_ssrc += 1
             conn = _Conn(ws, grant, self._next_ssrc, dave_version=1 if max_dave >= 1 else 0)
             self._conns[(guild_id, user_id)] = conn
-            self.sfu.join(user_id, conn.ssrc, conn.room)
+            self.sfu.join(user_id, conn.ssrc, conn.room, speak=grant.speak)
             self._event("identified", {"guild_id": guild_id, "channel_id": grant.channel_id, "user_id": user_id})
             return conn
 

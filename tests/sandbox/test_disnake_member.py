@@ -153,3 +153,30 @@ async def test_late_joiner_and_leaver_rekey(tmp_path: Path) -> None:
         finally:
             for m in (a, b, c):
                 await m.close()
+
+
+async def test_a_member_without_speak_is_not_heard(tmp_path: Path) -> None:
+    """Discord forwards nothing from a member lacking the Speak permission; the sandbox counts what it held back."""
+    from bot.sandbox.server import Sandbox
+    from bot.sandbox.state import Perm
+
+    async with Sandbox(tmp_path / "sb") as sb:
+        alice, bob = sb.add_person("Alice"), sb.add_person("Bob")
+        guild = sb.add_guild("Test", bob)  # the owner has every permission: Alice is the one denied
+        room = sb.add_channel(guild, "General")
+        await sb.invite(guild, alice)
+        sb.deny(room, alice, Perm.SPEAK)
+        a = DisnakeMember(sb, alice, tmpdir=tmp_path / "a")
+        b = DisnakeMember(sb, bob, tmpdir=tmp_path / "b")
+        try:
+            await asyncio.gather(a.start(), b.start())
+            await a.join(room)
+            await b.join(room)
+            await a.wait_dave()
+            await a.speak(_tone_wav(tmp_path / "tone.wav", seconds=0.5))
+            await asyncio.sleep(0.3)
+            assert len(_active(b.heard(alice.id))) == 0
+            assert sb.voice.counters(alice.id)["not_permitted"] >= 20
+        finally:
+            await a.close()
+            await b.close()

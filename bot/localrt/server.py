@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -57,6 +58,7 @@ T = TypeVar("T")
 ServerEvent = AnyServerEvent
 
 PATH = "/v1/realtime/translations"
+LANGUAGES_PATH = "/v1/languages"  # plain HTTP GET: what this server can translate (JSON)
 DEFAULT_MODEL = "gpt-realtime-translate"
 BATCH_FRAMES = 10  # frames handed to the engine thread per call (2 s of audio at most)
 BACKLOG_FRAMES = 5  # above this many queued frames, skip partial decodes to catch up
@@ -71,6 +73,7 @@ class LocalRTServer:
         self.api_key = api_key
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="localrt-engine")
         self.targets = engines.output_languages()
+        self._languages_body = json.dumps(languages_document(engines), separators=(",", ":"))
         self._server: Server | None = None
         self.sessions: set[Session] = set()
         self.inflight = 0  # engine jobs submitted and not finished
@@ -122,14 +125,26 @@ class LocalRTServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _authorized(self, request: Request) -> bool:
+        """The bearer token, compared in constant time (no key configured: everyone)."""
+        if not self.api_key:
+            return True
+        auth = request.headers.get("Authorization", "")
+        return hmac.compare_digest(auth.encode("utf-8", "surrogateescape"), f"Bearer {self.api_key}".encode())
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Reject wrong paths (404) and wrong bearer tokens (401) before the upgrade."""
-        if urlsplit(request.path).path.rstrip("/") != PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"not found; connect to {PATH}\n")
-        if self.api_key:
-            auth = request.headers.get("Authorization", "")
-            if auth != f"Bearer {self.api_key}":
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid or missing API key\n")
+        """Reject wrong paths (404) and wrong bearer tokens (401) before the upgrade; answer
+        ``GET /v1/languages`` with JSON (same token rule as the websocket)."""
+        path = urlsplit(request.path).path.rstrip("/")
+        if path not in (PATH, LANGUAGES_PATH):
+            return connection.respond(HTTPStatus.NOT_FOUND, f"not found; connect to {PATH} or GET {LANGUAGES_PATH}\n")
+        if not self._authorized(request):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid or missing API key\n")
+        if path == LANGUAGES_PATH:
+            response = connection.respond(HTTPStatus.OK, self._languages_body)
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json"
+            return response
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -141,6 +156,20 @@ class LocalRTServer:
             await session.run()
         finally:
             self.sessions.discard(session)
+
+
+def languages_document(engines: Engines) -> dict[str, object]:
+    """The body of ``GET /v1/languages``: what ``python -m bot localrt --languages`` prints, as JSON.
+
+    ``output_languages``: the codes a session may ask for (``audio.output.language``);
+    ``input_languages``: spoken languages with at least one route; ``routes``: every working pair.
+    """
+    routes = engines.routes()
+    return {
+        "output_languages": sorted(engines.output_languages()),
+        "input_languages": sorted({r.source for r in routes}),
+        "routes": [{"input": r.source, "output": r.target, "translation": r.mt, "voice": r.tts} for r in routes],
+    }
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from bot.voice.capture import CaptureWriter
 from bot.voice.config import VoiceConfig
 from bot.voice.dave import DaveDecryptor
 from bot.voice.receiver import GATEWAY_OPS, VoiceReceiver
-from bot.voice.worker import AsyncioFrameSink, ReceiveWorker, VoiceFrame
+from bot.voice.worker import AsyncioFrameSink, ExcludePredicate, ReceiveWorker, VoiceFrame
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class ListeningVoiceClient(discord.VoiceClient):
     """A VoiceClient whose members' speech arrives on :attr:`frames` as 20 ms 24 kHz pcm16 frames."""
 
     voice_config: ClassVar[VoiceConfig] = VoiceConfig()
+    capture_exclude: ClassVar[ExcludePredicate | None] = None
+    """Members never written to a capture (bound by :meth:`configured`; see :attr:`exclude`)."""
 
     def __init__(self, client: discord.Client, channel: Any) -> None:
         super().__init__(client, channel)
@@ -59,13 +61,39 @@ class ListeningVoiceClient(discord.VoiceClient):
             _log.info("voice capture: writing %s", path)
         dave = DaveDecryptor(self._dave_session, e2ee_required=self._e2ee_required)
         receiver = VoiceReceiver(self._sink, config, dave=dave)
-        self.receive = ReceiveWorker(receiver, capture=capture, after_burst=self._sink.flush)
+        sink = self._sink
+        self.receive = ReceiveWorker(
+            receiver,
+            capture=capture,
+            after_burst=sink.flush,
+            exclude=type(self).capture_exclude,
+            dropped=lambda: sink.dropped,
+        )
         self.receive.start()
 
     @classmethod
-    def configured(cls, config: VoiceConfig) -> type[ListeningVoiceClient]:
-        """A subclass bound to ``config`` (``channel.connect(cls=...)`` only passes client and channel)."""
-        return type(cls.__name__, (cls,), {"voice_config": config})
+    def configured(
+        cls, config: VoiceConfig, *, exclude: ExcludePredicate | None = None
+    ) -> type[ListeningVoiceClient]:
+        """A subclass bound to ``config`` (``channel.connect(cls=...)`` only passes client and channel).
+
+        ``exclude(user_id) -> bool``: members whose audio is never written to a capture (opted out);
+        consulted on the receive thread for every captured datagram, so it must be cheap and
+        thread-safe. It is in place before the first datagram arrives.
+        """
+        attrs: dict[str, Any] = {"voice_config": config}
+        if exclude is not None:
+            attrs["capture_exclude"] = staticmethod(exclude)
+        return type(cls.__name__, (cls,), attrs)
+
+    @property
+    def exclude(self) -> ExcludePredicate | None:
+        """Members never captured; assignable at any time (takes effect from the next datagram)."""
+        return self.receive.exclude
+
+    @exclude.setter
+    def exclude(self, predicate: ExcludePredicate | None) -> None:
+        self.receive.exclude = predicate
 
     def create_connection_state(self) -> VoiceConnectionState:
         return VoiceConnectionState(self, hook=self._voice_ws_hook)
@@ -96,7 +124,14 @@ class ListeningVoiceClient(discord.VoiceClient):
 
     @property
     def receive_counters(self) -> dict[str, Any]:
-        """Outcome counters of every datagram received so far (see :mod:`bot.voice.outcomes`)."""
+        """Counters of this connection's receive path, JSON-ready, safe from any thread (for metrics).
+
+        ``received``/``pending``/``outcomes`` (every datagram, :mod:`bot.voice.outcomes`), ``frames``
+        (decoder stats), ``dave_failures`` (reason → frames), ``overflow`` (datagrams refused: worker
+        behind), ``frames_dropped`` (decoded frames dropped: :attr:`frames` full, same as
+        :attr:`frames_dropped`) and, when capturing, ``capture`` (written, excluded, unmapped_dropped,
+        not_audio_dropped, held).
+        """
         return self.receive.counters()
 
     @property

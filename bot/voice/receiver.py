@@ -229,16 +229,24 @@ class VoiceReceiver:
         """Datagrams not yet counted: held for an unmapped SSRC or buffered in a speaker."""
         return len(self._hold) + sum(s.uncounted for s in self._speakers.values())
 
+    def user_of(self, ssrc: int) -> int | None:
+        """The member an audio SSRC is mapped to now, or ``None`` (unmapped, or video)."""
+        stream = self._by_ssrc.get(ssrc)
+        return None if stream is None else stream.user_id
+
     @property
     def speakers(self) -> dict[int, int]:
         """SSRC → member id currently mapped."""
         return {ssrc: s.user_id for ssrc, s in self._by_ssrc.items()}
 
     def counters(self) -> dict[str, Any]:
-        """JSON-ready snapshot: ``received == sum(outcomes) + pending``."""
+        """JSON-ready snapshot: ``received == sum(outcomes) + pending``; ``dave_failures``: frames
+        DAVE dropped, by reason (see :class:`bot.voice.dave.DaveDecryptor`)."""
+        dave_failures = getattr(self._dave, "failure_counts", None)  # tests stand in other decryptors
         return {
             "received": self.received,
             "pending": self.pending,
             "outcomes": dict(zip(OUTCOME_NAMES, self._count, strict=True)),
             "frames": dict(self._stats),
+            "dave_failures": dave_failures() if dave_failures is not None else {},
         }

@@ -6,13 +6,13 @@ Translators are shared by all sessions and called from executor threads.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Protocol
 
 from bot.localrt import languages
 from bot.localrt.config import MTConfig
 from bot.localrt.engines.asr import EngineError
+from bot.localrt.engines.tool import run_tool
 
 
 class Translator(Protocol):
@@ -44,7 +44,7 @@ class ApertiumTranslator:
         cmd = [self._exe, "-u"]
         if Path(self._modes_dir).resolve() != Path("/usr/share/apertium/modes"):
             cmd += ["-d", str(Path(self._modes_dir).parent)]
-        out = subprocess.run([*cmd, mode], input=text, capture_output=True, text=True, timeout=30, check=False)
+        out = run_tool("apertium", [*cmd, mode], input=text, text=True)
         if out.returncode != 0:
             raise EngineError(f"apertium {mode} failed: {out.stderr.strip()[:200]}")
         return " ".join(out.stdout.split())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
 import threading
 import wave
 from pathlib import Path
@@ -19,6 +18,7 @@ import soxr
 from bot.localrt import languages
 from bot.localrt.config import TTSConfig
 from bot.localrt.engines.asr import EngineError
+from bot.localrt.engines.tool import run_tool
 
 OUTPUT_RATE = 24_000
 
@@ -70,12 +70,7 @@ class EspeakSynthesizer:
             raise EngineError(f"espeak-ng has no voice for {language!r}")
         if not text.strip():
             return np.zeros(0, dtype=np.int16)
-        out = subprocess.run(
-            [self._exe, "-v", voice, "-s", str(self._rate), "--stdout", "--", text],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        out = run_tool("espeak-ng", [self._exe, "-v", voice, "-s", str(self._rate), "--stdout", "--", text])
         if out.returncode != 0 or not out.stdout:
             raise EngineError(f"espeak-ng failed: {out.stderr.decode(errors='replace').strip()[:200]}")
         return wav_to_pcm24k(out.stdout)

@@ -34,6 +34,7 @@ class Snapshot:
     sessions_open: int
     usd_today: float
     outcomes: dict[str, int]
+    datagrams_overflow: int
     frames_dropped: int
     player_restarts: int
 
@@ -51,15 +52,16 @@ def snapshot(app: _App) -> Snapshot:
         sessions += sum(1 for s in status.speakers if s.connected)
         usd += status.usd_today
     outcomes: Counter[str] = Counter()
-    dropped = 0
+    overflow = dropped = 0
     for vc in list(getattr(app.listener, "voice_clients", ())):
         counters = getattr(vc, "receive_counters", None)
         if counters is None:
             continue
         outcomes.update(counters.get("outcomes", {}))
-        dropped += int(counters.get("overflow", 0)) + int(getattr(vc, "frames_dropped", 0))
+        overflow += int(counters.get("overflow", 0))
+        dropped += int(counters.get("frames_dropped", 0))
     restarts = int(getattr(app.speaker, "restarts", 0)) if app.speaker is not None else 0
-    return Snapshot(rooms, speakers, sessions, usd, dict(outcomes), dropped, restarts)
+    return Snapshot(rooms, speakers, sessions, usd, dict(outcomes), overflow, dropped, restarts)
 
 
 class AppCollector(Collector):
@@ -78,7 +80,9 @@ class AppCollector(Collector):
         for outcome, n in sorted(s.outcomes.items()):
             packets.add_metric([outcome], n)
         yield packets
-        yield CounterMetricFamily("parley_voice_frames_dropped", "Decoded frames dropped (consumer behind)",
+        yield CounterMetricFamily("parley_voice_datagrams_overflow", "Datagrams refused: the receive worker was behind",
+                                  value=s.datagrams_overflow)
+        yield CounterMetricFamily("parley_voice_frames_dropped", "Decoded frames dropped: the rooms were behind",
                                   value=s.frames_dropped)
         yield CounterMetricFamily("parley_player_restarts", "Speaker-account players restarted after dying",
                                   value=s.player_restarts)

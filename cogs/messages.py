@@ -103,6 +103,7 @@ def status(
     budget_usd: float | None,
     you: str,
     problem: str | None = None,
+    not_translated: list[tuple[str, str]] | None = None,
 ) -> str:
     """`speakers` holds (mention, target language, connected) for each member being translated."""
     lines = [f"**Interpreting** {source} via {backend_label(backend)}."]
@@ -118,8 +119,25 @@ def status(
     lines.append(f"Cost today: {cost(usd_today, budget_usd)}")
     if problem:
         lines.append(f"⚠️ Last problem: {problem}")
+    shown = not_translated_lines(not_translated or [])
+    if shown:
+        lines.extend(shown)
     lines.append(you)
     return "\n".join(lines)
+
+
+def not_translated_lines(members: list[tuple[str, str]]) -> list[str]:
+    """(mention, reason) of each member who is not translated right now, at most 10 lines."""
+    lines = [f"⚠️ {who} not translated: {why}" for who, why in members[:10]]
+    if len(members) > 10:
+        lines.append(f"…and {len(members) - 10} more not translated.")
+    return lines
+
+
+def not_translated(members: list[tuple[str, str]]) -> str:
+    """Appended to the join reply: members whose stored language the backend cannot serve, and so on."""
+    lines = not_translated_lines(members)
+    return "\n" + "\n".join(lines) if lines else ""
 
 
 def cost(usd: float, budget_usd: float | None) -> str:

@@ -139,7 +139,8 @@ class TranslateCog(commands.Cog):
             log.exception("could not remember the channels of guild %s", guild.id)
         await self._reply(
             interaction,
-            say.joined(source.mention, _mention(room.output_channel_id), _mention(room.caption_channel_id)),
+            say.joined(source.mention, _mention(room.output_channel_id), _mention(room.caption_channel_id))
+            + say.not_translated([(f"<@{uid}>", why) for uid, why in room.not_translated]),
         )
 
     @translate.command(name="leave", description=say.LEAVE)
@@ -190,7 +191,12 @@ class TranslateCog(commands.Cog):
     async def language_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return language_choices(current)
+        try:
+            offered = await self.rooms.output_languages()
+        except Exception:  # autocomplete must answer fast and never fail: offer the usual list
+            log.exception("could not ask the backend for its languages")
+            offered = None
+        return language_choices(current, offered)
 
     @translate.command(name="optout", description=say.OPTOUT)
     @app_commands.describe(enabled=say.OPTOUT_ENABLED)
@@ -243,6 +249,7 @@ class TranslateCog(commands.Cog):
                 budget_usd=self.settings.caps.daily_budget_usd,
                 you=you,
                 problem=room.problem,
+                not_translated=[(f"<@{uid}>", why) for uid, why in room.not_translated],
             ),
         )
 
@@ -278,15 +285,24 @@ class TranslateCog(commands.Cog):
         return None
 
 
-def language_choices(current: str) -> list[app_commands.Choice[str]]:
-    """Up to 25 common languages matching what was typed (code prefix or name), led by any language it names."""
+def language_choices(current: str, offered: frozenset[str] | None = None) -> list[app_commands.Choice[str]]:
+    """Up to 25 languages matching what was typed (code prefix or name), led by any language it names.
+
+    `offered`: the languages the backend says it accepts (only those are offered), or None: common languages."""
     needle = current.strip().lower()
+    if offered is None:
+        codes: list[str] = list(COMMON_LANGUAGES)
+    else:
+        usable = sorted(c for c in offered if parse_language(c) is not None)
+        codes = [c for c in COMMON_LANGUAGES if c in offered] + [c for c in usable if c not in COMMON_LANGUAGES]
     found = [
         app_commands.Choice(name=say.language_label(code, language_name(code)), value=code)
-        for code in COMMON_LANGUAGES
+        for code in codes
         if code.lower().startswith(needle) or needle in language_name(code).lower()
     ]
     typed = parse_language(current) if needle else None
+    if offered is not None and typed is not None and typed.lower() not in {c.lower() for c in offered}:
+        typed = None
     if typed is not None and typed not in {c.value for c in found}:
         found.insert(0, app_commands.Choice(name=say.language_label(typed, language_name(typed)), value=typed))
     return found[:25]

@@ -13,14 +13,18 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
 
 from bot.audio.mixer import Mixer
 from bot.config import Endpoint, Settings
 from bot.pipeline.room import Room
-from bot.pipeline.service import CapReached, PipelineError, RoomStatus
+from bot.pipeline.service import CapReached, LanguageRefused, PipelineError, RoomStatus
 from bot.playback.speaker_account import PlaybackError
 from bot.realtime.outputs import SessionOutput, TranslatedAudio
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
@@ -46,6 +50,7 @@ class VoiceLink:
     is_bot: Callable[[int], bool] = lambda user_id: False
     ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     channel_id: Callable[[], int | None] = lambda: None
+    members: Callable[[], Iterable[int]] = lambda: ()  # who is in the source channel now
 
 
 class VoiceJoin(Protocol):
@@ -67,6 +72,9 @@ class Captions(Protocol):
         """A member's session opened (or changed language): label their captions."""
         ...
     def __call__(self, guild_id: int, user_id: int, output: SessionOutput) -> None: ...
+    async def notice(self, guild_id: int, text: str) -> None:
+        """One line from Parley itself in the caption channel (e.g. why translation paused)."""
+        ...
     async def close(self, guild_id: int) -> None: ...
 
 
@@ -77,6 +85,7 @@ class _Running:
     pump: asyncio.Task[None]
     link: VoiceLink
     watch: asyncio.Task[None] | None = None  # closes the room if the voice connection ends under it
+    notices: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)  # caption-channel notices
 
 
 class RoomManager:
@@ -102,6 +111,10 @@ class RoomManager:
         self._spend_today: dict[int, tuple[dt.date, float]] = {}
         self._lock = asyncio.Lock()
         self._languages: dict[str, bool] = {}  # target language → the backend accepted it
+        self._listing: tuple[float, frozenset[str] | None] | None = None  # (when asked, what the backend listed)
+        self._leased: dict[int, set[TranslationSession]] = {}  # guild → its sessions holding a slot
+        self._writes: set[asyncio.Task[None]] = set()  # spend being written to the store
+        self._budget_noticed: dict[int, dt.date] = {}  # guild → the day its caption channel was told
 
     # --- RoomService ----------------------------------------------------------------------------
 
@@ -138,10 +151,10 @@ class RoomManager:
                 guild_id, source_channel_id, output_channel_id, caption_channel_id,
                 backend=self.settings.backend,
                 idle_timeout_s=self.settings.session.idle_timeout_s,
-                open_session=lambda uid, lang: self._open_session(guild_id, uid, lang),
+                lease=lambda uid, lang: self.lease(guild_id, uid, lang),
                 language_of=lambda uid: self._language_of(guild_id, uid),
                 on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
-                on_spend=self._session_closed,
+                stop_reason=lambda: self._over_budget(guild_id),
                 opted_out=opted_out,
                 ignore=link.is_bot,  # music bots and the like are not interpreted
             )
@@ -150,6 +163,7 @@ class RoomManager:
             running.watch = asyncio.create_task(self._watch_voice(guild_id, running), name=f"voice-watch-{guild_id}")
             self._rooms[guild_id] = running
             log.info("room %s: interpreting channel %s via %s", guild_id, source_channel_id, self.settings.backend)
+            await self._check_members(room, link)  # the room runs already: a leave cleans up whatever happens
             return room.status()
 
     async def leave(self, guild_id: int) -> None:
@@ -166,7 +180,11 @@ class RoomManager:
             with contextlib.suppress(BaseException):
                 await running.pump
             await running.room.close()  # last words are still translated and played
+            if running.notices:
+                await asyncio.wait(set(running.notices), timeout=5)
         finally:
+            for task in running.notices:
+                task.cancel()
             if self._playback is not None:
                 with contextlib.suppress(Exception):
                     await self._playback.stop(guild_id)
@@ -190,10 +208,9 @@ class RoomManager:
         running = self._rooms.get(guild_id)
         if running is None:
             return None
-        _, ledger = self._spend_today.get(guild_id, (_today(), 0.0))  # closed sessions, today
         status = running.room.status()
         source = running.link.channel_id() or status.source_channel_id  # moved by a moderator: it follows
-        return dataclasses.replace(status, source_channel_id=source, usd_today=ledger + running.room.live_usd())
+        return dataclasses.replace(status, source_channel_id=source, usd_today=self._spent_today(guild_id))
 
     async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
         await self.check_language(language)  # before anything is saved: a language the backend can't serve
@@ -206,31 +223,102 @@ class RoomManager:
     async def check_language(self, language: str) -> None:
         """Raise PipelineError if the backend cannot translate into `language`.
 
-        Asked of the backend itself, once per language: a session opened with that target and closed at once
-        (no audio is sent, so nothing is billed). Answers are cached; an unreachable backend is not an answer.
+        `openai-realtime` (an instructed model) takes any language. A backend that lists its languages
+        (`GET /v1/languages` next to its websocket: bot.localrt, a ws:// server) is asked for its list. Otherwise
+        the backend itself is asked, once per language: a session opened with that target and closed at once (no
+        audio is sent, so nothing is billed). Answers are cached; an unreachable backend is not an answer.
         """
-        known = self._languages.get(language)
+        known = self._known_language(language)
         if known is None:
-            session = self._session_factory(self.endpoint, language, self.settings, name=f"check-{language}")
-            try:
-                await session.open()
-                known = True
-            except SessionFatal as e:
-                if "unsupported_language" not in str(e):
-                    log.warning("language check for %s failed: %s", language, e)
-                    raise PipelineError("The translation backend refused the request; an admin should check the "
-                                        "bot's log.") from None
-                known = False
-            except SessionUnavailable as e:
-                log.warning("language check for %s: %s", language, e)
-                raise PipelineError("I can't reach the translation backend right now; please try again.") from None
-            finally:
-                with contextlib.suppress(Exception):
-                    await session.abort()
+            listed = await self.output_languages()
+            if listed is not None:
+                known = _listed(language, listed)
+            else:
+                known = await self._probe_language(language)
             self._languages[language] = known
         if not known:
-            raise PipelineError(f"The translation backend ({self.settings.backend}) can't translate into "
-                                f"`{language}`; your language is unchanged.")
+            raise LanguageRefused(f"The translation backend ({self.settings.backend}) can't translate into "
+                                  f"`{language}`; your language is unchanged.")
+
+    def _known_language(self, language: str) -> bool | None:
+        """What is already known, with no I/O: True, False, or None (ask the backend)."""
+        if self.settings.backend == "openai-realtime":
+            return True
+        known = self._languages.get(language)
+        if known is None and self._listing is not None and self._listing[1] is not None:
+            known = _listed(language, self._listing[1])
+        return known
+
+    async def _probe_language(self, language: str) -> bool:
+        session = self._session_factory(self.endpoint, language, self.settings, name=f"check-{language}")
+        try:
+            await session.open()
+            return True
+        except SessionFatal as e:
+            if "unsupported_language" not in str(e):
+                log.warning("language check for %s failed: %s", language, e)
+                raise PipelineError("The translation backend refused the request; an admin should check the "
+                                    "bot's log.") from None
+            return False
+        except SessionUnavailable as e:
+            log.warning("language check for %s: %s", language, e)
+            raise PipelineError("I can't reach the translation backend right now; please try again.") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await session.abort()
+
+    async def output_languages(self) -> frozenset[str] | None:
+        """The target languages a listing backend accepts (cached), or None: it can't list them (any may work,
+        or each is probed). Asked of `local` and ws:// URL backends at `GET /v1/languages` on their port."""
+        if self.settings.backend in ("openai", "openai-realtime"):
+            return None
+        now = time.monotonic()
+        if self._listing is not None:
+            asked_at, listed = self._listing
+            if now - asked_at < (LISTING_TTL_S if listed is not None else LISTING_RETRY_S):
+                return listed
+        listed = await self._fetch_listing()
+        self._listing = (now, listed)
+        return listed
+
+    async def _fetch_listing(self) -> frozenset[str] | None:
+        parts = urlsplit(self.endpoint.url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
+        if scheme is None:
+            return None
+        url = urlunsplit((scheme, parts.netloc, "/v1/languages", "", ""))
+        key = self.endpoint.api_key
+        headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+        try:
+            timeout = aiohttp.ClientTimeout(total=LISTING_TIMEOUT_S)
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url, headers=headers) as resp:
+                if resp.status != 200:
+                    log.info("the backend does not list its languages (HTTP %s); probing instead", resp.status)
+                    return None
+                body = await resp.json(content_type=None)
+            languages = body["output_languages"]
+            if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+                raise TypeError("output_languages is not a list of strings")
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
+            log.info("the backend's language list is unavailable (%s); probing instead", type(e).__name__)
+            return None
+        return frozenset(languages)
+
+    async def _check_members(self, room: Room, link: VoiceLink) -> None:
+        """At join: a stored language the backend cannot serve is reported now (join reply, status), not retried.
+        Bounded in time: a slow or unreachable backend leaves the answer to the members' first words."""
+        try:
+            async with asyncio.timeout(MEMBER_CHECK_TIMEOUT_S):
+                for user_id in link.members():
+                    if link.is_bot(user_id) or user_id in room.opted_out:
+                        continue
+                    language = await self._language_of(room.guild_id, user_id)
+                    try:
+                        await self.check_language(language)
+                    except LanguageRefused:
+                        room.block(user_id, _refused_language(language))
+        except Exception as e:  # the backend or the store is down, or slow
+            log.info("room %s: members' languages not checked at join: %s", room.guild_id, str(e) or type(e).__name__)
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         running = self._rooms.get(guild_id)
@@ -243,42 +331,107 @@ class RoomManager:
         for guild_id in list(self._rooms):
             with contextlib.suppress(Exception):
                 await self.leave(guild_id)
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=5)
 
     # --- behind the rooms -----------------------------------------------------------------------
 
-    async def _open_session(self, guild_id: int, user_id: int, language: str) -> TranslationSession:
+    @contextlib.asynccontextmanager
+    async def lease(self, guild_id: int, user_id: int, language: str) -> AsyncIterator[TranslationSession]:
+        """A session for a speaker: holds a `caps.max_sessions` slot and counts against today's budget while
+        it lives. Whatever ends it (graceful close, abort, cancel, error), its own `finally` closes the socket,
+        returns the slot and records what the session cost."""
+        if self._known_language(language) is False:
+            raise LanguageRefused(_refused_language(language))
         self._admit(guild_id)  # checked and counted with no await in between: no two speakers race past a cap
         session = self._session_factory(self.endpoint, language, self.settings, name=f"speaker-{user_id}")
+        leased = self._leased.setdefault(guild_id, set())
         self._open_sessions += 1
+        leased.add(session)
         try:
-            await session.open()
-        except BaseException:
+            try:
+                await session.open()
+            except SessionFatal as e:
+                if "unsupported_language" in str(e):
+                    self._languages[language] = False
+                    raise LanguageRefused(_refused_language(language)) from None
+                raise
+            if self._captions is not None:
+                self._captions.speaker(guild_id, user_id, language)
+            yield session
+        finally:
+            # first what must not be lost even if this finally is cancelled: the slot and the ledger
             self._open_sessions -= 1
-            raise
-        if self._captions is not None:
-            self._captions.speaker(guild_id, user_id, language)
-        return session
+            leased.discard(session)
+            usd = session.cost.dollars
+            self._ledger_add(guild_id, usd)
+            if usd > 0:
+                write = asyncio.create_task(self._persist_spend(guild_id, usd), name=f"spend-{guild_id}")
+                self._writes.add(write)
+                write.add_done_callback(self._writes.discard)
+            with contextlib.suppress(Exception):
+                await session.abort()  # a no-op after a graceful close; closes the socket after anything else
+            if usd > 0:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(write)  # a second cancel leaves it to finish; close() awaits it
 
-    async def _session_closed(self, guild_id: int, usd: float) -> None:
-        """A session ended: it no longer counts against max_sessions; its cost joins the ledger."""
-        self._open_sessions -= 1
+    @property
+    def open_sessions(self) -> int:
+        """Slots in use (`caps.max_sessions`)."""
+        return self._open_sessions
+
+    def _ledger_add(self, guild_id: int, usd: float) -> None:
         day, total = self._spend_today.get(guild_id, (_today(), 0.0))
         today = _today()
         self._spend_today[guild_id] = (today, (total if day == today else 0.0) + usd)
-        if usd > 0:
+
+    async def _persist_spend(self, guild_id: int, usd: float) -> None:
+        try:
             await self.store.add_spend(guild_id, usd)
+        except Exception as e:
+            log.error("room %s: could not record $%.4f of spend: %s", guild_id, usd, e)
+
+    def _spent_today(self, guild_id: int) -> float:
+        """Today's spend: closed sessions (the ledger, zero after UTC midnight) plus the sessions still open."""
+        day, closed = self._spend_today.get(guild_id, (_today(), 0.0))
+        if day != _today():
+            closed = 0.0
+        return closed + sum(s.cost.dollars for s in self._leased.get(guild_id, ()))
 
     def _admit(self, guild_id: int) -> None:
-        """Caps: concurrent sessions in this process, and today's spend in this guild."""
+        """Caps: concurrent sessions in this process, and today's live spend in this guild. Logged by the
+        speaker, once per member (this runs for every frame of a refused speaker)."""
         caps = self.settings.caps
         if self._open_sessions >= caps.max_sessions:
-            log.warning("room %s: max_sessions (%d) reached; a speaker waits", guild_id, caps.max_sessions)
             raise CapReached(f"All {caps.max_sessions} translation sessions are in use.")
-        if caps.daily_budget_usd is not None:
-            day, total = self._spend_today.get(guild_id, (_today(), 0.0))
-            if day == _today() and total >= caps.daily_budget_usd:
-                log.warning("room %s: daily budget of $%.2f reached", guild_id, caps.daily_budget_usd)
-                raise CapReached(f"Today's translation budget (${caps.daily_budget_usd:.2f}) is spent.")
+        reason = self._over_budget(guild_id)
+        if reason is not None:
+            raise CapReached(reason)
+
+    def _over_budget(self, guild_id: int) -> str | None:
+        """Why this guild's sessions must stop now (today's budget is spent, open sessions included), or None.
+        The first time each day, the caption channel is told why translation paused."""
+        budget = self.settings.caps.daily_budget_usd
+        if budget is None or self._spent_today(guild_id) < budget:
+            return None
+        reason = f"Today's translation budget (${budget:.2f}) is spent; translation resumes after midnight UTC."
+        today = _today()
+        if self._budget_noticed.get(guild_id) != today:
+            self._budget_noticed[guild_id] = today
+            log.warning("room %s: daily budget of $%.2f reached", guild_id, budget)
+            running = self._rooms.get(guild_id)
+            if running is not None and self._captions is not None and running.room.caption_channel_id is not None:
+                task = asyncio.create_task(self._notice(guild_id, f"⏸️ {reason}"), name=f"notice-{guild_id}")
+                running.notices.add(task)
+                task.add_done_callback(running.notices.discard)
+        return reason
+
+    async def _notice(self, guild_id: int, text: str) -> None:
+        assert self._captions is not None
+        try:
+            await self._captions.notice(guild_id, text)
+        except Exception as e:
+            log.warning("room %s: could not post a notice in the caption channel: %s", guild_id, e)
 
     async def _language_of(self, guild_id: int, user_id: int) -> str:
         prefs = await self.store.member(guild_id, user_id)
@@ -289,6 +442,20 @@ class RoomManager:
             mixer.push(user_id, out.pcm16)
         elif self._captions is not None:
             self._captions(guild_id, user_id, out)
+
+
+LISTING_TTL_S = 300.0  # a backend's language list is asked again after this
+LISTING_RETRY_S = 30.0  # a backend that did not list its languages is asked again after this
+LISTING_TIMEOUT_S = 2.0
+MEMBER_CHECK_TIMEOUT_S = 5.0  # all members at join; a slow backend does not hold the join up for long
+
+
+def _listed(language: str, listed: frozenset[str]) -> bool:
+    return language.lower() in {x.lower() for x in listed}
+
+
+def _refused_language(language: str) -> str:
+    return f"the backend can't translate into `{language}`; pick another with /translate language"
 
 
 class DiscordCaptions:
@@ -319,6 +486,13 @@ class DiscordCaptions:
     def __call__(self, guild_id: int, user_id: int, output: SessionOutput) -> None:
         self.router(guild_id, user_id, output)
 
+    async def notice(self, guild_id: int, text: str) -> None:
+        poster = self.router.get(guild_id)
+        if poster is not None:
+            import discord
+
+            await poster.channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+
     async def close(self, guild_id: int) -> None:
         await self.router.close(guild_id)
 
@@ -347,6 +521,9 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
         def where() -> int | None:
             return vc.channel.id if vc.channel is not None else None
 
-        return VoiceLink(vc.frames, disconnect, is_bot, vc.ended, where)
+        def members() -> list[int]:
+            return [m.id for m in getattr(vc.channel, "members", ())]
+
+        return VoiceLink(vc.frames, disconnect, is_bot, vc.ended, where, members)
 
     return join

@@ -18,6 +18,10 @@ class CapReached(PipelineError):
     """No new session now: `caps.max_sessions` or today's budget is reached (the speaker waits)."""
 
 
+class LanguageRefused(PipelineError):
+    """The backend cannot translate into this target language (a member must pick another)."""
+
+
 @dataclass(frozen=True)
 class SpeakerStatus:
     user_id: int
@@ -25,6 +29,7 @@ class SpeakerStatus:
     connected: bool  # its session is open upstream
     seconds_sent: float
     usd: float
+    problem: str | None = None  # why this member is not translated right now ("not translated: …")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class RoomStatus:
     opted_out: int = 0  # members in the source channel who are never sent upstream
     usd_today: float = 0.0  # this server's spend today, the running sessions included
     problem: str | None = None  # the latest reason a member could not be translated (bad key, backend down)
+    not_translated: list[tuple[int, str]] = field(default_factory=list)  # (member, reason), e.g. a refused language
 
 
 class RoomService(Protocol):
@@ -59,4 +65,8 @@ class RoomService(Protocol):
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         """An opted-out member is never sent upstream; an open session of theirs is closed at once."""
+        ...
+
+    async def output_languages(self) -> frozenset[str] | None:
+        """The target languages the backend says it accepts, or None when it cannot list them (any may work)."""
         ...

@@ -3,8 +3,14 @@
 Discord sends a member's audio only while they talk; the translation model's clock is the audio it
 receives, so a gap in sending is not a pause to it. The speaker therefore forwards speech frames as
 they arrive and, whenever the member is silent, pads with silence so that audio time sent keeps up
-with wall time. The session is opened lazily on the first frame (frames are held meanwhile) and
-closed gracefully after `session.idle_timeout_s` of silence; the next word opens a new one.
+with wall time. The session is opened lazily on the first frame (frames are held meanwhile, in a
+bounded queue that drops the oldest) and closed gracefully after `session.idle_timeout_s` of silence;
+the next word opens a new one.
+
+Ownership: the `Room` owns the speaker's task (`run`) and awaits it; the speaker owns its session
+*lease* (`async with lease(user_id, language) as session`), which holds the `caps.max_sessions` slot
+and records the session's cost in its own `finally`, whatever ends it (idle close, opt-out, cancel,
+error). The speaker's own `finally` only tallies what the member's sessions cost, for the status.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
-from bot.pipeline.service import CapReached
+from bot.pipeline.service import CapReached, LanguageRefused
 from bot.realtime.outputs import SessionError, SessionOutput
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 
@@ -24,11 +31,12 @@ FRAME_MS = 20
 SILENCE = bytes(960)  # 20 ms of 24 kHz pcm16
 SPEECH_GAP_S = 0.2  # no frame for this long while "speaking" = the member stopped
 RETRY_AFTER_FAILURE_S = 30.0
+MAX_QUEUED_FRAMES = 250  # 5 s of audio held while a session opens; beyond that the oldest frames go
 _CLOSE = object()
 
-OpenSession = Callable[[int, str], Awaitable[TranslationSession]]
+Lease = Callable[[int, str], AbstractAsyncContextManager[TranslationSession]]
 OnOutput = Callable[[int, SessionOutput], None]
-OnClosed = Callable[[int, TranslationSession], Awaitable[None]]
+StopReason = Callable[[], str | None]
 
 
 class Speaker:
@@ -36,56 +44,74 @@ class Speaker:
         self,
         user_id: int,
         language_of: Callable[[int], Awaitable[str]],
-        open_session: OpenSession,
+        lease: Lease,
         on_output: OnOutput,
-        on_closed: OnClosed,
         idle_timeout_s: float,
+        *,
+        stop_reason: StopReason = lambda: None,
+        max_queued_frames: int = MAX_QUEUED_FRAMES,
     ) -> None:
         self.user_id = user_id
         self.language: str | None = None
         self._language_of = language_of
-        self._open_session = open_session
+        self._lease = lease
         self._on_output = on_output
-        self._on_closed = on_closed
+        self._stop_reason = stop_reason  # checked on every tick while streaming (e.g. the daily budget)
         self._idle_timeout_s = idle_timeout_s
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_queued_frames)
         self.session: TranslationSession | None = None
         self.speaking = False
         self.frames_in = 0
         self.frames_refused = 0  # speech that arrived while no session could be opened
+        self.frames_dropped = 0  # the queue was full: the oldest frames were dropped
         self.silence_ms_sent = 0
+        self.sessions_opened = 0
+        self.seconds_closed = 0.0  # audio time of this member's closed sessions
+        self.usd_closed = 0.0
+        self.problem: str | None = None  # why this member is not translated right now (shown in status)
+        self.language_refused = False  # the backend cannot serve self.language: no retry until it changes
+        self.aborting = False  # opt-out: nothing more may go upstream, no graceful close
         self._retry_at = 0.0
-        self._aborting = False
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"speaker-{self.user_id}")
+    # --- what the room calls --------------------------------------------------------------------
 
     def feed(self, pcm: bytes, end: bool = False) -> None:
         """A 20 ms frame from the receiver (or the end of the member's talk spurt). Never blocks."""
-        self._queue.put_nowait((pcm, end))
+        self._put((pcm, end))
+
+    def stop(self) -> None:
+        """Finish gracefully: the current session is closed with its last words, then `run` returns."""
+        self._put(_CLOSE)
 
     async def set_language(self, language: str) -> None:
         self.language = language
+        if self.language_refused:
+            self.language_refused, self.problem = False, None
         if self.session is not None:
             await self.session.set_language(language)
 
-    async def close(self, flush: bool = True) -> None:
-        """Stop; with flush=False nothing more is sent upstream (opt-out)."""
-        if self._task is None:
-            return
-        if flush:
-            self._queue.put_nowait(_CLOSE)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
-        self._aborting = not flush or not self._task.done()
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
+    def _put(self, item: object) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                old = self._queue.get_nowait()
+                if old is _CLOSE:  # a stop is pending: it is never lost, and nothing after it matters
+                    self._queue.put_nowait(_CLOSE)
+                    if item is not _CLOSE:
+                        self.frames_dropped += 1
+                    return
+                self.frames_dropped += 1
 
-    # --- the clocked loop -----------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
 
-    async def _run(self) -> None:
+    # --- the clocked loop (the room's supervisor awaits this) -----------------------------------
+
+    async def run(self) -> None:
+        """Serve the member until stopped. Exceptions other than session failures propagate to the room."""
         loop = asyncio.get_running_loop()
         while True:
             item = await self._queue.get()  # idle: wait for the member to speak
@@ -95,35 +121,57 @@ class Speaker:
             if end:
                 continue
             self.frames_in += 1
-            if loop.time() < self._retry_at:
+            if self.language_refused or loop.time() < self._retry_at:
                 self.frames_refused += 1
                 continue
-            session = await self._open()
-            if session is None:
-                self.frames_refused += 1
-                continue
-            self.session = session
-            outputs = asyncio.create_task(self._forward(session))
+            if self.language is None:
+                self.language = await self._language_of(self.user_id)
             try:
-                stop = await self._stream(session, first=pcm)
-            finally:
-                self.session = None
-                await self._finish(session, outputs)
-            if stop:
-                return
+                async with self._lease(self.user_id, self.language) as session:
+                    self.sessions_opened += 1
+                    self.problem = None
+                    if await self._serve(session, pcm):
+                        return
+            except CapReached as e:  # not an error: translated again once a slot or the budget frees up
+                self.frames_refused += 1
+                self._refused(str(e), logging.WARNING)
+            except LanguageRefused as e:
+                self.frames_refused += 1
+                self.language_refused = True
+                self._refused(str(e), logging.WARNING)
+            except (SessionFatal, SessionUnavailable) as e:
+                self.frames_refused += 1
+                self._refused(str(e), logging.ERROR)
+                self._on_output(self.user_id, SessionError(None, str(e), fatal=True))
+                self._retry_at = loop.time() + RETRY_AFTER_FAILURE_S
 
-    async def _open(self) -> TranslationSession | None:
-        if self.language is None:
-            self.language = await self._language_of(self.user_id)
+    def _refused(self, reason: str, level: int) -> None:
+        """Logged once per member and reason, not once per frame."""
+        if reason != self.problem:
+            log.log(level, "speaker %s: not translated: %s", self.user_id, reason)
+        self.problem = reason
+
+    async def _serve(self, session: TranslationSession, first: bytes) -> bool:
+        """Stream one session, then close it (gracefully unless aborting). True = stop the speaker."""
+        self.session = session
+        forward = asyncio.create_task(self._forward(session), name=f"speaker-{self.user_id}-outputs")
         try:
-            return await self._open_session(self.user_id, self.language)
-        except CapReached:
-            return None  # not an error: the member is translated once a session frees up
-        except (SessionFatal, SessionUnavailable) as e:
-            log.error("speaker %s: cannot open a session: %s", self.user_id, e)
-            self._on_output(self.user_id, SessionError(None, str(e), fatal=True))
-            self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_FAILURE_S
-            return None
+            stop = await self._stream(session, first)
+            if self.aborting:
+                await session.abort()
+            else:
+                await session.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(forward), timeout=5)
+            return stop
+        finally:
+            self.session = None
+            self.speaking = False
+            self.seconds_closed += session.cost.audio_ms / 1000
+            self.usd_closed += session.cost.dollars
+            forward.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forward
 
     async def _stream(self, session: TranslationSession, first: bytes) -> bool:
         """Feed one session until the member has been silent for the idle timeout. True = stop."""
@@ -136,6 +184,10 @@ class Speaker:
             last_speech = loop.time()
             self.speaking = True
             while True:
+                reason = self._stop_reason()
+                if reason is not None:  # e.g. today's budget is spent: close now, with the last words
+                    self._refused(reason, logging.WARNING)
+                    return False
                 # the next 20 ms boundary of the session's clock (early frames never push it ahead)
                 tick = t0 + (int((loop.time() - t0) * 1000) // FRAME_MS + 1) * FRAME_MS / 1000
                 try:
@@ -168,7 +220,7 @@ class Speaker:
                     if now - last_speech >= self._idle_timeout_s:
                         return False
         except (SessionFatal, SessionUnavailable) as e:
-            log.error("speaker %s: session failed: %s", self.user_id, e)
+            self._refused(f"the session failed: {e}", logging.ERROR)
             self._retry_at = loop.time() + RETRY_AFTER_FAILURE_S
             return False
         finally:
@@ -177,15 +229,3 @@ class Speaker:
     async def _forward(self, session: TranslationSession) -> None:
         async for out in session.outputs():
             self._on_output(self.user_id, out)
-
-    async def _finish(self, session: TranslationSession, outputs: asyncio.Task[None]) -> None:
-        """Close gracefully (the last words get translated) unless aborting (an opt-out: nothing more
-        may go upstream), deliver what remains, account the cost."""
-        with contextlib.suppress(Exception):
-            if self._aborting:
-                await session.abort()
-            else:
-                await session.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(outputs, timeout=5)
-        await self._on_closed(self.user_id, session)

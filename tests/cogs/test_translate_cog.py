@@ -123,6 +123,7 @@ class FakeRooms:
         self.calls: list[tuple[Any, ...]] = []
         self.rooms: dict[int, RoomStatus] = {}
         self.fail: Exception | None = None
+        self.languages: frozenset[str] | None = None  # what the backend lists (None: it can't)
 
     async def join(self, guild_id: int, source: int, output: int | None, captions: int | None) -> RoomStatus:
         self.calls.append(("join", guild_id, source, output, captions))
@@ -147,6 +148,9 @@ class FakeRooms:
         self.calls.append(("set_opt_out", guild_id, user_id, opted_out))
         if self.fail:
             raise self.fail
+
+    async def output_languages(self) -> frozenset[str] | None:
+        return self.languages
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -452,3 +456,43 @@ async def test_unexpected_errors_become_a_short_ephemeral_reply(bot: commands.Bo
     ia = FakeInteraction(FakeGuild())
     await cog.cog_app_command_error(ia, app_commands.AppCommandError("boom"))  # type: ignore[arg-type]
     assert ia.reply == say.UNEXPECTED and "boom" not in ia.reply
+
+
+# -- issue 9: languages the backend lists; members not translated, at join and in status ------------------
+
+
+async def test_autocomplete_offers_only_what_the_backend_lists(bot: commands.Bot, rooms: FakeRooms) -> None:
+    cog = bot.get_cog("TranslateCog")
+    assert isinstance(cog, TranslateCog)
+    ia = FakeInteraction(FakeGuild())
+    assert len(await cog.language_autocomplete(ia, "")) == 25  # nothing listed: the common languages
+    rooms.languages = frozenset({"es", "de", "xh"})
+    assert [c.value for c in await cog.language_autocomplete(ia, "")] == ["es", "de", "xh"]
+    assert [c.value for c in await cog.language_autocomplete(ia, "fr")] == []  # typed, but not offered
+    assert [c.value for c in await cog.language_autocomplete(ia, "xho")] == ["xh"]
+
+
+async def test_join_reply_and_status_name_members_who_are_not_translated(
+    bot: commands.Bot, rooms: FakeRooms
+) -> None:
+    reason = "the backend can't translate into `fr`; pick another with /translate language"
+
+    async def join(guild_id: int, source: int, output: int | None, captions: int | None) -> RoomStatus:
+        rooms.rooms[guild_id] = RoomStatus(guild_id, source, output, captions, "local", not_translated=[(11, reason)])
+        return rooms.rooms[guild_id]
+
+    rooms.join = join  # type: ignore[method-assign]
+    source = FakeChannel(1)
+    ia = FakeInteraction(FakeGuild(source), voice=source)
+    await run(bot, "join", ia)
+    assert ia.reply == say.joined("<#1>", None, None) + f"\n⚠️ <@11> not translated: {reason}"
+
+    rooms.rooms[GUILD] = RoomStatus(
+        GUILD, 1, None, None, "local",
+        speakers=[SpeakerStatus(12, "es", False, 1.0, 0.0, "an internal error (StoreError: locked)")],
+        not_translated=[(12, "an internal error (StoreError: locked)"), (11, reason)],
+    )
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert "⚠️ <@12> not translated: an internal error (StoreError: locked)" in ia.reply
+    assert f"⚠️ <@11> not translated: {reason}" in ia.reply

@@ -4,6 +4,8 @@ close, per-member languages, opt-out privacy, failures."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -23,20 +25,22 @@ def make_room(peer: Peer, outputs: list, languages: dict[int, str] | None = None
     endpoint = Endpoint(peer.url, "translation", "gpt-realtime-translate", None, 0.034)
     spends: list[float] = []
 
-    async def open_session(user_id: int, language: str) -> TranslationSession:
+    @contextlib.asynccontextmanager
+    async def lease(user_id: int, language: str) -> AsyncIterator[TranslationSession]:
         s = TranslationSession(endpoint, language, settings, name=f"u{user_id}")
-        await s.open()
-        return s
+        try:
+            await s.open()
+            yield s
+        finally:
+            await s.abort()
+            spends.append(s.cost.dollars)
 
     async def language_of(user_id: int) -> str:
         return (languages or {}).get(user_id, "es")
 
-    async def on_spend(guild_id: int, usd: float) -> None:
-        spends.append(usd)
-
-    room = Room(1, 10, 20, 30, backend="test", idle_timeout_s=idle, open_session=open_session,
+    room = Room(1, 10, 20, 30, backend="test", idle_timeout_s=idle, lease=lease,
                 language_of=language_of, on_output=lambda uid, out: outputs.append((uid, out)),
-                on_spend=on_spend, opted_out=opted_out)
+                opted_out=opted_out)
     room.spends = spends  # type: ignore[attr-defined]
     return room
 
@@ -138,3 +142,73 @@ async def test_a_session_that_cannot_open_is_reported_not_fatal_to_the_room() ->
     assert "not supported" in (room.status().problem or "")  # what /translate status shows
     assert room.speakers == {} and any(c.languages == ["es"] for c in peer.connections)
     assert any(uid == 4 and isinstance(o, TranslatedAudio) for uid, o in outputs)
+
+
+# --- issue 9: a speaker's failure is owned, logged once, shown, and recovered from ---------------------------
+
+
+async def test_a_failing_speaker_is_logged_once_shown_and_replaced_after_a_backoff(caplog) -> None:
+    from bot.store import StoreError
+
+    outputs: list = []
+    async with Peer() as peer:
+        room = make_room(peer, outputs)
+        room._restart_backoff_s = (0.5, 1.0)  # type: ignore[attr-defined]
+        calls = 0
+
+        async def language_of(user_id: int) -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise StoreError("parley.sqlite3 is locked")
+            return "es"
+
+        room._language_of = language_of  # type: ignore[attr-defined]
+        caplog.set_level("ERROR", "parley.pipeline")
+        await talk(room, 7, numbered_audio(3))  # 0.3 s: the speaker dies on its first frame
+        failures = [r for r in caplog.records if "speaker 7 failed" in r.getMessage()]
+        assert len(failures) == 1 and "StoreError" in failures[0].getMessage(), "logged once, with the reason"
+        (problem,) = [s.problem for s in room.status().speakers]
+        assert problem is not None and "StoreError" in problem
+        assert [uid for uid, _ in room.status().not_translated] == [7]
+        assert room.frames_refused > 0 and room.running_speakers == 0
+        assert peer.connections == []
+        await asyncio.sleep(0.5)  # the backoff passes: the next words get a fresh speaker
+        await talk(room, 7, numbered_audio(5))
+        for _ in range(50):
+            if peer.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert len(peer.connections) == 1 and calls == 2
+        assert room.status().not_translated == []
+        await room.close()
+    assert room.running_speakers == 0
+    assert any(uid == 7 and isinstance(o, TranslatedAudio) for uid, o in outputs)
+
+
+async def test_a_speakers_queue_is_bounded_and_drops_the_oldest(monkeypatch) -> None:
+    from bot.pipeline import room as room_module
+
+    monkeypatch.setattr(room_module, "CLOSE_TIMEOUT_S", 0.2)
+    opening = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def hanging_lease(user_id: int, language: str) -> AsyncIterator[TranslationSession]:
+        opening.set()
+        await asyncio.sleep(3600)  # the backend never answers
+        yield  # type: ignore[misc]
+
+    async def language_of(user_id: int) -> str:
+        return "es"
+
+    room = Room(1, 10, None, None, backend="test", idle_timeout_s=1, lease=hanging_lease,
+                language_of=language_of, on_output=lambda uid, out: None, max_queued_frames=10)
+    room.feed(7, bytes(FRAME))
+    await opening.wait()
+    for i in range(100):
+        room.feed(7, i.to_bytes(2, "little") * (FRAME // 2))
+    speaker = room.speakers[7]
+    assert speaker.queued == 10 and speaker.frames_dropped == 90 and room.frames_dropped == 90
+    assert speaker._queue.get_nowait()[0][:2] == (90).to_bytes(2, "little"), "the newest frames are kept"
+    await room.close()  # the graceful close gives up on a hung open: closed within its timeout
+    assert room.running_speakers == 0

@@ -16,6 +16,7 @@ from bot.config import Endpoint
 from bot.pipeline.rooms import RoomManager, VoiceLink
 from bot.pipeline.service import PipelineError
 from bot.realtime.outputs import TargetText
+from bot.realtime.session import TranslationSession
 from bot.store import Store
 from bot.voice.worker import VoiceFrame
 from tests.realtime.peer import Faults, Peer, numbered_audio
@@ -215,3 +216,202 @@ async def test_voice_connection_ending_under_a_room_closes_it(store: Store) -> N
         assert voice.disconnected == [], "the connection was already gone: nothing to disconnect"
         await rooms.join(1, 100, 200, 300)  # and it can be started again
         await rooms.leave(1)
+
+
+# --- issue 9: session leases, the live budget, languages checked before they are accepted --------------------
+
+
+class SlowClose(TranslationSession):
+    """A backend that takes long to finish a session (the server is slow to answer `session.close`)."""
+
+    async def close(self) -> None:
+        await asyncio.sleep(5)
+        await super().close()
+
+
+def live_sessions(rooms: RoomManager) -> int:
+    return sum(sp.session is not None for r in rooms._rooms.values() for sp in r.room.speakers.values())
+
+
+async def wait_for(predicate, timeout: float = 3.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    assert predicate()
+
+
+async def test_opt_out_during_an_idle_close_returns_the_slot_and_records_the_cost(store: Store) -> None:
+    async with Peer() as peer:
+        rooms, voice, _, _ = manager(peer, store, max_sessions=1)
+        rooms._session_factory = SlowClose
+        await rooms.join(1, 100, None, None)
+        await speak(voice.queues[1], 42, numbered_audio(3))
+        await asyncio.sleep(0.8)  # idle: the session is closing (slowly) now
+        speaker = rooms._rooms[1].room.speakers[42]
+        assert speaker.session is not None and rooms.open_sessions == 1
+        await rooms.set_opt_out(1, 42, True)  # cancels the speaker in the middle of its close
+        assert rooms.open_sessions == live_sessions(rooms) == 0, "the slot came back"
+        await asyncio.sleep(0.05)
+        assert await store.spend_today(1) > 0, "and the session's cost was recorded"
+        await speak(voice.queues[1], 43, numbered_audio(3))  # the slot is usable by someone else
+        await wait_for(lambda: len(peer.connections) == 2)
+        await rooms.leave(1)
+        assert rooms.open_sessions == 0
+
+
+async def test_leave_with_a_slow_backend_returns_every_slot(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.pipeline import room as room_module
+
+    monkeypatch.setattr(room_module, "CLOSE_TIMEOUT_S", 0.3)  # the graceful close gives up, cancels the speaker
+    async with Peer() as peer:
+        rooms, voice, _, _ = manager(peer, store, max_sessions=2)
+        rooms._session_factory = SlowClose
+        await rooms.join(1, 100, None, None)
+        await asyncio.gather(speak(voice.queues[1], 1, numbered_audio(4)), speak(voice.queues[1], 2, numbered_audio(4)))
+        assert rooms.open_sessions == live_sessions(rooms) == 2
+        await rooms.leave(1)
+        assert rooms.open_sessions == 0
+        await rooms.join(1, 100, None, None)  # and a leave cancelled from above (shutdown) releases too
+        await speak(voice.queues[1], 1, numbered_audio(4))
+        leaving = asyncio.create_task(rooms.leave(1))
+        await asyncio.sleep(0.1)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert rooms.open_sessions == 0
+        await rooms.close()
+    assert await store.spend_today(1) > 0.0001 * 3
+
+
+class ListCaptionsWithNotices(ListCaptions):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notices: list[tuple[int, str]] = []
+
+    async def notice(self, guild_id: int, text: str) -> None:
+        self.notices.append((guild_id, text))
+
+
+async def test_budget_counts_open_sessions_and_stops_them_with_one_notice(
+    store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    from bot.pipeline import rooms as rooms_module
+
+    async with Peer() as peer:
+        rooms, voice, _, _ = manager(peer, store, daily_budget_usd=0.0006)  # about 1 s at $0.034/min
+        captions = ListCaptionsWithNotices()
+        rooms._captions = captions
+        await rooms.join(1, 100, None, 300)
+        caplog.set_level("WARNING", "parley.pipeline")
+        await speak(voice.queues[1], 42, numbered_audio(30))  # 3 s of speech in one session
+        await wait_for(lambda: rooms.open_sessions == 0)
+        conn = peer.connections[0]
+        assert conn.closed_by_client, "closed gracefully at the cap: the last words were translated"
+        assert len(conn.audio) < 24_000 * 2 * 2.5, "it did not run to the end of the speech"
+        assert len(peer.connections) == 1, "no new session past the budget"
+        assert captions.notices == [(1, "⏸️ Today's translation budget ($0.00) is spent; "
+                                        "translation resumes after midnight UTC.")]
+        refusals = [r for r in caplog.records if "speaker 42: not translated" in r.getMessage()]
+        assert len(refusals) == 1, "logged once per member, not per frame"
+        status = rooms.status(1)
+        assert status.usd_today >= 0.0006
+        assert [(uid, "budget" in why) for uid, why in status.not_translated] == [(42, True)]
+        tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+        monkeypatch.setattr(rooms_module, "_today", lambda: tomorrow)
+        assert rooms.status(1).usd_today == 0.0, "after UTC midnight yesterday's spend is not today's"
+        await rooms.leave(1)
+
+
+async def test_a_stored_language_the_backend_cannot_serve_is_reported_at_join_and_not_retried(store: Store) -> None:
+    await store.set_language(1, 42, "fr")
+    async with Peer(faults=Faults(reject_language="fr")) as peer:
+        rooms, voice, _, _ = manager(peer, store)
+        join = voice.__call__
+
+        async def with_members(guild_id: int, channel_id: int) -> VoiceLink:
+            link = await join(guild_id, channel_id)
+            link.members = lambda: [42, 43, 666]
+            return link
+
+        rooms._join_voice = with_members
+        status = await rooms.join(1, 100, None, None)
+        assert [uid for uid, _ in status.not_translated] == [42]
+        assert "`fr`" in status.not_translated[0][1]
+        asked = len(peer.connections)
+        await speak(voice.queues[1], 42, numbered_audio(5))
+        await asyncio.sleep(0.1)
+        assert len(peer.connections) == asked, "no session is tried for a language known to be refused"
+        assert [uid for uid, _ in rooms.status(1).not_translated] == [42]
+        await rooms.set_language(1, 42, "es")
+        await store.set_language(1, 42, "es")  # as the cog does, once the room accepted it
+        await speak(voice.queues[1], 42, numbered_audio(5))
+        await wait_for(lambda: any(c.languages == ["es"] for c in peer.connections))
+        assert rooms.status(1).not_translated == []
+        await rooms.leave(1)
+
+
+async def test_a_refused_language_found_when_speaking_is_not_retried(store: Store) -> None:
+    await store.set_language(1, 42, "fr")
+    async with Peer(faults=Faults(reject_language="fr")) as peer:
+        rooms, voice, _, _ = manager(peer, store)
+        await rooms.join(1, 100, None, None)  # 42 was not in the channel at join
+        await speak(voice.queues[1], 42, numbered_audio(5))
+        await asyncio.sleep(0.1)
+        assert len(peer.connections) == 1
+        await speak(voice.queues[1], 42, numbered_audio(5))
+        await asyncio.sleep(0.1)
+        assert len(peer.connections) == 1, "the refusal is remembered, not retried"
+        assert "`fr`" in dict(rooms.status(1).not_translated)[42]
+        await rooms.leave(1)
+
+
+async def test_languages_listed_by_a_local_backend(store: Store) -> None:
+    from aiohttp import web
+
+    asked: list[str] = []
+
+    async def languages(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("Authorization", ""))
+        return web.json_response({"output_languages": ["es", "de", "pt-BR"], "input_languages": ["en"]})
+
+    app = web.Application()
+    app.router.add_get("/v1/languages", languages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        settings = fast_settings()
+        settings.backend = "local"
+        endpoint = Endpoint(f"ws://127.0.0.1:{port}/v1/realtime/translations?model=m", "translation", "m", None, 0)
+        rooms = RoomManager(settings, store, endpoint, FakeVoice())
+        assert await rooms.output_languages() == {"es", "de", "pt-BR"}
+        await rooms.check_language("de")
+        await rooms.check_language("pt-br")
+        with pytest.raises(PipelineError, match="can't translate into `fr`"):
+            await rooms.check_language("fr")
+        assert len(asked) == 1, "the list is cached"
+    finally:
+        await runner.cleanup()
+
+    # a backend that does not answer GET /v1/languages: each language is probed (and cached) as before
+    async with Peer(faults=Faults(reject_language="fr")) as peer:
+        settings = fast_settings()
+        settings.backend = "local"
+        rooms = RoomManager(settings, store, Endpoint(peer.url, "translation", "m", None, 0), FakeVoice())
+        assert await rooms.output_languages() is None
+        with pytest.raises(PipelineError, match="can't translate into `fr`"):
+            await rooms.check_language("fr")
+        await rooms.check_language("es")
+        assert len(peer.connections) == 2
+
+    settings = fast_settings()
+    settings.backend = "openai-realtime"  # an instructed model: any language, nothing to ask
+    rooms = RoomManager(settings, store, Endpoint("ws://127.0.0.1:9/v1/realtime", "realtime", "m", None, 0),
+                        FakeVoice())
+    assert await rooms.output_languages() is None
+    await rooms.check_language("xh")

@@ -43,7 +43,7 @@ async def test_member_speech_comes_out_translated_in_the_output_mix(tmp_path: Pa
         await store.set_language(1, 42, "es")
         frames: asyncio.Queue = asyncio.Queue()
 
-        async def join_voice(guild_id: int, channel_id: int) -> VoiceLink:
+        async def join_voice(guild_id: int, channel_id: int, exclude=None) -> VoiceLink:
             async def disconnect() -> None:
                 pass
 

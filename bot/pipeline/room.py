@@ -64,7 +64,7 @@ class Room:
         self.output_channel_id = output_channel_id
         self.caption_channel_id = caption_channel_id
         self.backend = backend
-        self.opted_out = set(opted_out or ())
+        self.opted_out = opted_out if opted_out is not None else set()  # the caller's set: captures read it too
         self.speakers: dict[int, Speaker] = {}
         self.frames_withheld = 0  # frames of opted-out members, never sent anywhere
         self.frames_ignored = 0  # frames of members that are not interpreted (bots)

@@ -56,7 +56,11 @@ class VoiceLink:
 class VoiceJoin(Protocol):
     """Joins a voice channel as the listener."""
 
-    async def __call__(self, guild_id: int, channel_id: int) -> VoiceLink: ...
+    async def __call__(self, guild_id: int, channel_id: int, exclude: Callable[[int], bool] | None = None
+                       ) -> VoiceLink:
+        """`exclude(user_id)`: members never written to a voice capture (opted out); read on the receive
+        thread, so it must be a cheap, thread-safe lookup."""
+        ...
 
 
 class Playback(Protocol):
@@ -131,8 +135,10 @@ class RoomManager:
             if output_channel_id == source_channel_id:
                 raise PipelineError("The output channel must differ from the channel being interpreted.")
             self._spend_today[guild_id] = (_today(), await self.store.spend_today(guild_id))
-            opted_out = await self.store.opted_out_members(guild_id)
-            link = await self._join_voice(guild_id, source_channel_id)
+            # One set, shared by the room (routing) and the receive thread (captures): opted-out members are
+            # never sent upstream nor captured.
+            opted_out = set(await self.store.opted_out_members(guild_id))
+            link = await self._join_voice(guild_id, source_channel_id, exclude=opted_out.__contains__)
             frames, disconnect = link.frames, link.disconnect
             p = self.settings.playback
             mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality)
@@ -501,13 +507,14 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
     """The listener's `VoiceJoin`: connect with Parley's receiving VoiceClient, muted (it only listens)."""
     from bot.voice.client import ListeningVoiceClient
 
-    async def join(guild_id: int, channel_id: int) -> VoiceLink:
+    async def join(guild_id: int, channel_id: int, exclude: Callable[[int], bool] | None = None) -> VoiceLink:
         guild = client.get_guild(guild_id)
         channel = guild.get_channel(channel_id) if guild else None
         if channel is None or not hasattr(channel, "connect"):
             raise PipelineError("I can't see that voice channel.")
         try:
-            vc = await channel.connect(cls=ListeningVoiceClient.configured(settings.voice), self_mute=True)
+            vc = await channel.connect(cls=ListeningVoiceClient.configured(settings.voice, exclude=exclude),
+                                       self_mute=True)
         except Exception as e:  # discord.ClientException, timeouts, missing permission
             raise PipelineError(f"I couldn't join {channel.mention}: {e}") from None
 

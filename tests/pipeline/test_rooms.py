@@ -31,7 +31,8 @@ class FakeVoice:
         self.disconnected: list[int] = []
         self.bots = bots
 
-    async def __call__(self, guild_id: int, channel_id: int) -> VoiceLink:
+    async def __call__(self, guild_id: int, channel_id: int, exclude=None) -> VoiceLink:
+        self.exclude = exclude
         q: asyncio.Queue = asyncio.Queue()
         self.queues[guild_id] = q
 
@@ -198,7 +199,7 @@ async def test_voice_connection_ending_under_a_room_closes_it(store: Store) -> N
         rooms, voice, playback, captions = manager(peer, store)
         ended = asyncio.Event()
 
-        async def join(guild_id: int, channel_id: int) -> VoiceLink:
+        async def join(guild_id: int, channel_id: int, exclude=None) -> VoiceLink:
             link = await FakeVoice.__call__(voice, guild_id, channel_id)
             link.ended = ended
             return link
@@ -331,7 +332,7 @@ async def test_a_stored_language_the_backend_cannot_serve_is_reported_at_join_an
         rooms, voice, _, _ = manager(peer, store)
         join = voice.__call__
 
-        async def with_members(guild_id: int, channel_id: int) -> VoiceLink:
+        async def with_members(guild_id: int, channel_id: int, exclude=None) -> VoiceLink:
             link = await join(guild_id, channel_id)
             link.members = lambda: [42, 43, 666]
             return link
@@ -415,3 +416,17 @@ async def test_languages_listed_by_a_local_backend(store: Store) -> None:
                         FakeVoice())
     assert await rooms.output_languages() is None
     await rooms.check_language("xh")
+
+
+async def test_the_capture_exclusion_follows_opt_outs_live(store: Store) -> None:
+    """The listener's capture is told who is opted out, and learns of a new opt-out at once (same set)."""
+    await store.set_opt_out(1, 7, True)
+    async with Peer() as peer:
+        rooms, voice, _, _ = manager(peer, store)
+        await rooms.join(1, 100, None, None)
+        assert voice.exclude is not None and voice.exclude(7) and not voice.exclude(8)
+        await rooms.set_opt_out(1, 8, True)
+        assert voice.exclude(8)
+        await rooms.set_opt_out(1, 7, False)
+        assert not voice.exclude(7)
+        await rooms.leave(1)

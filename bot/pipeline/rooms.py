@@ -207,6 +207,8 @@ class RoomManager:
         if self._rooms.get(guild_id) is not running:
             return
         log.warning("room %s: the listener was disconnected from voice; the room is closed", guild_id)
+        await self._notice(guild_id, f"⏹️ Live translation stopped: I was disconnected from "
+                                     f"<#{running.room.source_channel_id}>. Use /translate join to start again.")
         with contextlib.suppress(PipelineError):
             await self.leave(guild_id)
 
@@ -503,6 +505,9 @@ class DiscordCaptions:
         await self.router.close(guild_id)
 
 
+JOIN_TIMEOUT_S = 15.0
+
+
 def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
     """The listener's `VoiceJoin`: connect with Parley's receiving VoiceClient, muted (it only listens)."""
     from bot.voice.client import ListeningVoiceClient
@@ -512,11 +517,20 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
         channel = guild.get_channel(channel_id) if guild else None
         if channel is None or not hasattr(channel, "connect"):
             raise PipelineError("I can't see that voice channel.")
+        perms = channel.permissions_for(guild.me)
+        if not (perms.view_channel and perms.connect):
+            # Discord ignores a join the account may not make: without this, the member would wait for a timeout.
+            raise PipelineError(f"I need the Connect permission in {channel.mention}.")
         try:
             vc = await channel.connect(cls=ListeningVoiceClient.configured(settings.voice, exclude=exclude),
-                                       self_mute=True)
-        except Exception as e:  # discord.ClientException, timeouts, missing permission
-            raise PipelineError(f"I couldn't join {channel.mention}: {e}") from None
+                                       timeout=JOIN_TIMEOUT_S, self_mute=True)
+        except Exception as e:  # discord.ClientException, timeouts, a closed connection
+            stale = guild.voice_client  # a failed connect must leave nothing behind for the next join
+            if stale is not None:
+                with contextlib.suppress(Exception):
+                    await stale.disconnect(force=True)
+            reason = "Discord did not answer in time" if isinstance(e, TimeoutError) else str(e)
+            raise PipelineError(f"I couldn't join {channel.mention}: {reason}") from None
 
         async def disconnect() -> None:
             await vc.disconnect(force=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 
 import pytest
 import pytest_asyncio
 
-from bot.sandbox.state import MessageFlag
+from bot.sandbox.state import MessageFlag, Perm
 from tests.sandbox.stack import BotProcess, Stack, loud_seconds, stack, synthesize, until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="module")]
@@ -123,6 +124,22 @@ async def test_listener_kicked_closes_the_room_and_moved_follows(env: Stack) -> 
                 "the speaker account to leave too")
     status = await env.command(room, alice.user, "status")
     assert "isn't interpreting" in status.content, status.content
+    await until(lambda: any("disconnected from" in c for c in env.captions(room)), 10, "a notice in the captions")
+    again = await env.command(room, alice.user, "join", {"caption_channel": room.captions})
+    assert "Interpreting" in again.content, again.content
+
+
+async def test_a_channel_the_listener_may_not_join_is_refused_at_once_and_leaves_nothing(env: Stack) -> None:
+    room = await env.room("Guild I")
+    alice = await env.person(room, "Alice", room.source)
+    listener = env.sb.world.users[env.listener.id]
+    await env.sb.set_overwrite(room.source, listener, Perm.CONNECT)
+    t = time.monotonic()
+    reply = await env.command(room, alice.user, "join", {"caption_channel": room.captions})
+    assert "Connect" in reply.content and time.monotonic() - t < 5, reply.content
+    notices = [m.content for m in env.sb.messages(room.source) if not m.ephemeral]
+    assert not notices, f"a consent notice announced a translation that is not happening: {notices}"
+    await env.sb.set_overwrite(room.source, listener, 0)
     again = await env.command(room, alice.user, "join", {"caption_channel": room.captions})
     assert "Interpreting" in again.content, again.content
 

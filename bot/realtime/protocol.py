@@ -91,6 +91,11 @@ def language_name(code: str) -> str:
 class WireProtocol(_Protocol):
     name: str
     ready_type: str
+    # True when the server answers for every byte of input, silence included (translation: `elapsed_ms`);
+    # False when only speech turns are answered (GA realtime: server VAD), so idle silence is never acked.
+    acks_silence: bool
+    # A turn is open on the server: speech was detected and its response has not finished yet.
+    in_turn: bool
 
     def session_update(self, language: str) -> str: ...
     def append(self, pcm16: bytes) -> str: ...
@@ -103,6 +108,8 @@ class TranslationProtocol:
 
     name = "translation"
     ready_type = "session.updated"
+    acks_silence = True
+    in_turn = False
 
     def __init__(self, transcription_model: str | None = None, noise_reduction: str | None = None) -> None:
         self.transcription_model = transcription_model
@@ -157,6 +164,7 @@ class RealtimeProtocol:
 
     name = "realtime"
     ready_type = "session.updated"
+    acks_silence = False
 
     def __init__(
         self,
@@ -175,6 +183,7 @@ class RealtimeProtocol:
         )
         self._speech_start_ms: int | None = None
         self._turn_end_ms: int | None = None
+        self.in_turn = False
 
     def instructions(self, language: str) -> str:
         return self.prompt.format(language=language_name(language))
@@ -218,6 +227,7 @@ class RealtimeProtocol:
                 return Reading(outputs=[SourceText(ev.transcript, self._turn_end_ms, final=True)])
             case rt.SpeechStarted():
                 self._speech_start_ms = ev.audio_start_ms
+                self.in_turn = True
                 # Everything before the padded start was silence the server has already judged.
                 return Reading(ack_ms=max(0, ev.audio_start_ms - self.vad.prefix_padding_ms))
             case rt.SpeechStopped():
@@ -225,6 +235,7 @@ class RealtimeProtocol:
                 return Reading()
             case rt.ResponseDone():
                 u = ev.response.usage
+                self.in_turn = False
                 return Reading(ack_ms=self._turn_end_ms, usage=(u.input_tokens, u.output_tokens) if u else None)
             case rt.RateLimitsUpdated():
                 return Reading()

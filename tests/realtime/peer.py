@@ -3,7 +3,9 @@
 They are witnesses, not mocks: every event they send is first validated with the `openai` package's
 server-event models, and every event they receive is validated with its client-event models (any
 failure is recorded and the tests assert there are none). Fault injection (transport abort, close
-codes, malformed JSON, unknown events, error events, short `expires_at`) is configurable.
+codes, malformed JSON, unknown events, error events, short `expires_at`, slow `session.updated`, an
+unanswered `session.close`) is configurable, and every socket is counted at the server: `open_sockets`
+says how many a client has left open.
 
 Translation behaviour: for each 200 ms of input the server emits one `session.output_audio.delta`
 echoing that input (so a test can check which audio reached a session) with `elapsed_ms` = the end of
@@ -12,6 +14,7 @@ that frame on the session's audio clock, plus a transcript delta.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -26,6 +29,7 @@ from openai.types.realtime import (
 )
 from pydantic import TypeAdapter
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.protocol import State
 
 TR_CLIENT = TypeAdapter(RealtimeTranslationClientEvent)
 TR_SERVER = TypeAdapter(RealtimeTranslationServerEvent)
@@ -42,6 +46,8 @@ class PeerConnection:
     audio: bytearray = field(default_factory=bytearray)
     languages: list[str] = field(default_factory=list)
     closed_by_client: bool = False
+    ws: Any = None
+    socket_closed: bool = False  # the websocket is gone (closed or aborted, by either side)
 
 
 @dataclass
@@ -53,6 +59,9 @@ class Faults:
     error_on_connect: dict[int, dict] = field(default_factory=dict)  # index → error object
     reject_language: str | None = None
     require_key: str | None = None
+    slow_update_s: float = 0.0  # answer every session.update but the first this much later
+    ignore_close: bool = False  # never answer `session.close` (a server that hangs while flushing)
+    close_delay_s: float = 0.0  # answer `session.close` this much later (a server slow to flush)
 
 
 class Peer:
@@ -100,13 +109,33 @@ class Peer:
             self.validation_failures.append(f"client: {e}")
         return json.loads(raw)
 
+    @property
+    def open_sockets(self) -> int:
+        """Connections whose socket is still open, counted at the server."""
+        return sum(not c.socket_closed for c in self.connections)
+
+    async def sockets_settled(self, timeout: float = 3.0) -> int:
+        """Wait (bounded) for every socket to be closed; the number still open."""
+        deadline = time.monotonic() + timeout
+        while self.open_sockets and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.open_sockets
+
     async def _handle(self, ws: ServerConnection) -> None:
-        conn = PeerConnection(len(self.connections), dict(ws.request.headers))
+        conn = PeerConnection(len(self.connections), dict(ws.request.headers), ws=ws)
         self.connections.append(conn)
-        if self.protocol == "translation":
-            await self._translation(ws, conn)
-        else:
-            await self._realtime(ws, conn)
+        try:
+            if self.protocol == "translation":
+                await self._translation(ws, conn)
+            else:
+                await self._realtime(ws, conn)
+            await ws.wait_closed()
+        finally:
+            conn.socket_closed = ws.state is State.CLOSED
+
+    def drop(self, index: int) -> None:
+        """Cut connection `index` at the transport (no close frame), as a network failure would."""
+        self.connections[index].ws.transport.abort()
 
     # --- /v1/realtime/translations ---------------------------------------------------------------
 
@@ -140,8 +169,10 @@ class Peer:
                     await self._send(ws, {"type": "error", "event_id": f"ev_{n}", "error": {
                         "type": "invalid_request_error", "code": "unsupported_language",
                         "message": f"Output language {lang!r} is not supported.",
-                        "param": "session.audio.output.language"}})
+                        "param": "session.audio.output.language", "event_id": ev.get("event_id")}})
                     continue
+                if conn.languages and self.faults.slow_update_s:
+                    await asyncio.sleep(self.faults.slow_update_s)
                 conn.languages.append(lang)
                 await self._send(ws, {"type": "session.updated", "event_id": f"ev_{n}", "session": self._session(conn)})
             elif kind == "session.input_audio_buffer.append":
@@ -159,6 +190,10 @@ class Peer:
                     consumed += FRAME
             elif kind == "session.close":
                 conn.closed_by_client = True
+                if self.faults.ignore_close:
+                    continue
+                if self.faults.close_delay_s:
+                    await asyncio.sleep(self.faults.close_delay_s)
                 if len(conn.audio) > consumed:
                     await self._emit_frame(ws, conn, consumed, n, end=len(conn.audio))
                     consumed = len(conn.audio)
@@ -187,7 +222,8 @@ class Peer:
     # --- /v1/realtime (GA) as an interpreter ------------------------------------------------------
 
     async def _realtime(self, ws: ServerConnection, conn: PeerConnection) -> None:
-        """Server VAD, simplified: every 1 s of input is one turn, answered by echoing it."""
+        """Server VAD, simplified: every 1 s of input that is not all zeros is one turn, answered by
+        echoing it; silence gets no answer at all (as from a real server VAD)."""
         turn = 24000 * 2
         await self._send(ws, {"type": "session.created", "event_id": "ev_c",
                               "session": {"type": "realtime", "model": "gpt-realtime"}})
@@ -202,11 +238,17 @@ class Peer:
                                       "session": {"type": "realtime", "model": "gpt-realtime"}})
             elif ev.get("type") == "input_audio_buffer.append":
                 conn.audio += base64.b64decode(ev["audio"])
+                abort = self.faults.abort_after_bytes.get(conn.index)
+                if abort is not None and len(conn.audio) >= abort:
+                    ws.transport.abort()
+                    return
                 while len(conn.audio) - consumed >= turn:
                     start_ms, end_ms = consumed // 48, (consumed + turn) // 48
                     item, resp = f"item_{n}", f"resp_{n}"
                     pcm = bytes(conn.audio[consumed : consumed + turn])
                     consumed += turn
+                    if not any(pcm):
+                        continue
                     for e in (
                         {"type": "input_audio_buffer.speech_started", "event_id": f"e{n}a",
                          "item_id": item, "audio_start_ms": start_ms},

@@ -11,7 +11,7 @@ import pytest
 
 from bot.config import Endpoint, Settings, load_settings
 from bot.realtime.outputs import SessionError, SourceText, TargetText, TranslatedAudio
-from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
+from bot.realtime.session import LanguageRejected, SessionFatal, SessionUnavailable, TranslationSession
 from tests.realtime.peer import Faults, Peer, numbered_audio
 
 BLOCK = 2400  # samples in 100 ms at 24 kHz
@@ -221,11 +221,12 @@ async def test_runtime_error_event_is_surfaced_not_fatal() -> None:
         await session.open()
         await session.set_language("xx")  # the peer accepts it; now make it complain about the next one
         peer.faults.reject_language = "zz"
-        await session.set_language("zz")
+        with pytest.raises(LanguageRejected):
+            await session.set_language("zz")
         outputs = await stream(session, numbered_audio(4))
     errors = [o for o in outputs if isinstance(o, SessionError)]
     assert len(errors) == 1 and errors[0].code == "unsupported_language" and not errors[0].fatal
-    assert session.stats.errors == 1
+    assert session.stats.errors == 1 and session.failure is None and session.language == "xx"
 
 
 async def test_interpreter_protocol_roundtrip_validated_by_sdk() -> None:

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
-from bot.pipeline.service import CapReached, LanguageRefused
+from bot.pipeline.service import CapReached, LanguageRefused, PipelineError
 from bot.realtime.outputs import SessionError, SessionOutput
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 
@@ -84,11 +84,17 @@ class Speaker:
         self._put(_CLOSE)
 
     async def set_language(self, language: str) -> None:
+        """Switch the live session too; if the backend does not take it, nothing changes (PipelineError)."""
+        previous, refused, problem = self.language, self.language_refused, self.problem
         self.language = language
         if self.language_refused:
             self.language_refused, self.problem = False, None
         if self.session is not None:
-            await self.session.set_language(language)
+            try:
+                await self.session.set_language(language)
+            except (SessionFatal, SessionUnavailable) as e:  # LanguageRejected is a SessionFatal
+                self.language, self.language_refused, self.problem = previous, refused, problem
+                raise PipelineError(f"The translation backend did not take `{language}`: {e}") from None
 
     def _put(self, item: object) -> None:
         while True:

@@ -118,6 +118,9 @@ class RoomManager:
         self._listing: tuple[float, frozenset[str] | None] | None = None  # (when asked, what the backend listed)
         self._leased: dict[int, set[TranslationSession]] = {}  # guild → its sessions holding a slot
         self._writes: set[asyncio.Task[None]] = set()  # spend being written to the store
+        self._joining: dict[int, set[int]] = {}  # guild → the opted-out set of the room being joined
+        self._unsaved: dict[tuple[int, dt.date], float] = {}  # (guild, day) → spend not yet in the store
+        self._write_lock = asyncio.Lock()  # one spend write at a time: an amount is never written twice
         self._budget_noticed: dict[int, dt.date] = {}  # guild → the day its caption channel was told
 
     # --- RoomService ----------------------------------------------------------------------------
@@ -134,40 +137,48 @@ class RoomManager:
                 )
             if output_channel_id == source_channel_id:
                 raise PipelineError("The output channel must differ from the channel being interpreted.")
-            self._spend_today[guild_id] = (_today(), await self.store.spend_today(guild_id))
+            async with self._write_lock:  # no write in flight: stored + unsaved is exact
+                today = _today()
+                stored = await self.store.spend_today(guild_id, today)
+                self._spend_today[guild_id] = (today, stored + self._unsaved.get((guild_id, today), 0.0))
             # One set, shared by the room (routing) and the receive thread (captures): opted-out members are
             # never sent upstream nor captured.
             opted_out = set(await self.store.opted_out_members(guild_id))
-            link = await self._join_voice(guild_id, source_channel_id, exclude=opted_out.__contains__)
-            frames, disconnect = link.frames, link.disconnect
-            p = self.settings.playback
-            mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality)
+            self._joining[guild_id] = opted_out  # an opt-out while the listener connects lands here
             try:
-                if self._playback is not None and output_channel_id is not None:
-                    await self._playback.play(guild_id, output_channel_id, mixer)
-                if self._captions is not None and caption_channel_id is not None:
-                    await self._captions.open(guild_id, caption_channel_id)
-            except PlaybackError as e:
-                await disconnect()
-                raise PipelineError(str(e)) from None
-            except Exception:
-                await disconnect()
-                raise
-            room = Room(
-                guild_id, source_channel_id, output_channel_id, caption_channel_id,
-                backend=self.settings.backend,
-                idle_timeout_s=self.settings.session.idle_timeout_s,
-                lease=lambda uid, lang: self.lease(guild_id, uid, lang),
-                language_of=lambda uid: self._language_of(guild_id, uid),
-                on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
-                stop_reason=lambda: self._over_budget(guild_id),
-                opted_out=opted_out,
-                ignore=link.is_bot,  # music bots and the like are not interpreted
-            )
-            pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
-            running = _Running(room, mixer, pump, link)
-            running.watch = asyncio.create_task(self._watch_voice(guild_id, running), name=f"voice-watch-{guild_id}")
-            self._rooms[guild_id] = running
+                link = await self._join_voice(guild_id, source_channel_id, exclude=opted_out.__contains__)
+                frames, disconnect = link.frames, link.disconnect
+                p = self.settings.playback
+                mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality)
+                try:
+                    if self._playback is not None and output_channel_id is not None:
+                        await self._playback.play(guild_id, output_channel_id, mixer)
+                    if self._captions is not None and caption_channel_id is not None:
+                        await self._captions.open(guild_id, caption_channel_id)
+                except PlaybackError as e:
+                    await disconnect()
+                    raise PipelineError(str(e)) from None
+                except Exception:
+                    await disconnect()
+                    raise
+                room = Room(
+                    guild_id, source_channel_id, output_channel_id, caption_channel_id,
+                    backend=self.settings.backend,
+                    idle_timeout_s=self.settings.session.idle_timeout_s,
+                    lease=lambda uid, lang: self.lease(guild_id, uid, lang),
+                    language_of=lambda uid: self._language_of(guild_id, uid),
+                    on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
+                    stop_reason=lambda: self._over_budget(guild_id),
+                    opted_out=opted_out,
+                    ignore=link.is_bot,  # music bots and the like are not interpreted
+                )
+                pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
+                running = _Running(room, mixer, pump, link)
+                running.watch = asyncio.create_task(self._watch_voice(guild_id, running),
+                                                    name=f"voice-watch-{guild_id}")
+                self._rooms[guild_id] = running
+            finally:
+                self._joining.pop(guild_id, None)
             log.info("room %s: interpreting channel %s via %s", guild_id, source_channel_id, self.settings.backend)
             await self._check_members(room, link)  # the room runs already: a leave cleans up whatever happens
             return room.status()
@@ -334,6 +345,12 @@ class RoomManager:
             await running.room.set_opt_out(user_id, opted_out)
             if opted_out:
                 running.mixer.remove(user_id)
+        elif guild_id in self._joining:  # the room is being joined: its set (read before) must follow
+            joining = self._joining[guild_id]
+            if opted_out:
+                joining.add(user_id)
+            else:
+                joining.discard(user_id)
 
     async def close(self) -> None:
         for guild_id in list(self._rooms):
@@ -341,6 +358,9 @@ class RoomManager:
                 await self.leave(guild_id)
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=5)
+        if self._unsaved:  # the store failed earlier: one more try for what is not written yet
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._save_spend(), timeout=5)
 
     # --- behind the rooms -----------------------------------------------------------------------
 
@@ -374,7 +394,9 @@ class RoomManager:
             usd = session.cost.dollars
             self._ledger_add(guild_id, usd)
             if usd > 0:
-                write = asyncio.create_task(self._persist_spend(guild_id, usd), name=f"spend-{guild_id}")
+                key = (guild_id, _today())
+                self._unsaved[key] = self._unsaved.get(key, 0.0) + usd
+                write = asyncio.create_task(self._save_spend(), name=f"spend-{guild_id}")
                 self._writes.add(write)
                 write.add_done_callback(self._writes.discard)
             with contextlib.suppress(Exception):
@@ -393,11 +415,22 @@ class RoomManager:
         today = _today()
         self._spend_today[guild_id] = (today, (total if day == today else 0.0) + usd)
 
-    async def _persist_spend(self, guild_id: int, usd: float) -> None:
-        try:
-            await self.store.add_spend(guild_id, usd)
-        except Exception as e:
-            log.error("room %s: could not record $%.4f of spend: %s", guild_id, usd, e)
+    async def _save_spend(self) -> None:
+        """Write the spend not yet in the store. An amount that fails stays unsaved and is written with the next
+        session's (or at `close()`): a store error delays the ledger, never loses from it."""
+        async with self._write_lock:
+            for key in list(self._unsaved):
+                usd = self._unsaved[key]
+                guild_id, day = key
+                try:
+                    await self.store.add_spend(guild_id, usd, day)
+                except Exception as e:
+                    log.error("room %s: could not record $%.4f of spend yet (retried with the next): %s",
+                              guild_id, usd, e)
+                    continue
+                left = self._unsaved.pop(key) - usd  # what ended meanwhile stays for the next write
+                if left > 0:
+                    self._unsaved[key] = left
 
     def _spent_today(self, guild_id: int) -> float:
         """Today's spend: closed sessions (the ledger, zero after UTC midnight) plus the sessions still open."""

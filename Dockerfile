@@ -1,13 +1,19 @@
-# Parley: `docker build -t parley .` then
-#   docker run --rm -e DISCORD_TOKEN -e DISCORD_SPEAKER_TOKEN -e OPENAI_API_KEY parley
-FROM python:3.11-slim
+# Parley in a container. Build: `docker build -t parley .`; run (members' languages and opt-outs live in /data):
+#   docker run -d --name parley -v parley-data:/data -e DISCORD_TOKEN -e DISCORD_SPEAKER_TOKEN -e OPENAI_API_KEY parley
+# Without OPENAI_API_KEY use docker-compose.yml, which runs bot.localrt beside the bot. tests/test_docker.py
+# checks this file against the Makefile and reproduces its layout (no Docker engine needed).
+# bookworm: the Debian release the tests run on (same package names and versions as `make`).
+FROM python:3.11-slim-bookworm
 
-# libopus for Discord voice; espeak-ng + apertium pairs for the offline backend (bot.localrt).
+# The Makefile's APT_PACKAGES: libopus for voice, espeak-ng/sox for speech, apertium pairs for offline MT.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat \
+ && apt-get install -y --no-install-recommends libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en \
  && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --create-home --uid 10001 parley
+# /data: the store (parley.sqlite3) and anything else the bot writes (voice captures), owned by the bot's user.
+# It is the working directory, so config.yaml's relative paths (store.path, voice.capture_dir) land in it.
+RUN useradd --create-home --uid 10001 parley \
+ && mkdir /data && chown parley:parley /data
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
@@ -16,5 +22,12 @@ RUN pip install --no-cache-dir '.[local]'
 COPY config.yaml ./
 
 USER parley
-ENV PYTHONUNBUFFERED=1
-CMD ["python", "-m", "bot", "run", "--config", "config.yaml"]
+WORKDIR /data
+VOLUME /data
+ENV PYTHONUNBUFFERED=1 PARLEY_HEALTH_FILE=/tmp/parley.alive
+# SIGTERM (docker stop) shuts Parley down gracefully: rooms close, last words are flushed, voice is left.
+STOPSIGNAL SIGTERM
+# Healthy = the listener's gateway was connected within the last minute (the bot touches PARLEY_HEALTH_FILE).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, sys, time; p = os.environ['PARLEY_HEALTH_FILE']; sys.exit(0 if os.path.exists(p) and time.time() - os.path.getmtime(p) < 60 else 1)"]
+CMD ["python", "-m", "bot", "run", "--config", "/app/config.yaml"]

@@ -44,3 +44,22 @@ def test_run_without_a_discord_token_says_so(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("backend: local\n")
     r = run_cli("run", "--config", str(tmp_path / "c.yaml"))
     assert r.returncode == 2 and "DISCORD_TOKEN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_discord_unreachable_at_login_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the block ends
+    (tmp_path / "c.yaml").write_text(
+        f"backend: local\nstore:\n  path: {tmp_path / 'p.sqlite3'}\n"
+        f"discord:\n  api_base: http://127.0.0.1:{port}/api/v10\n  gateway_url: ws://127.0.0.1:{port}/\n")
+    for env in ({"DISCORD_TOKEN": "fake"}, {"DISCORD_TOKEN": "fake", "DISCORD_SPEAKER_TOKEN": "fake"}):
+        r = run_cli("run", "--config", str(tmp_path / "c.yaml"), env=env)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1, r.stderr
+        assert errors[0].endswith(f"cannot reach Discord at http://127.0.0.1:{port}/api/v10: Connection refused")
+        assert len(r.stderr.splitlines()) <= 4, r.stderr

@@ -53,7 +53,7 @@ lint: deps
 	$(BIN)/ruff check bot cogs tests benchmarks
 
 bench: deps
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python -m bot bench --json bench.json
 
 # With no DISCORD_TOKEN, `make run` shows the demo: a local Discord, the bot, people talking (no account needed).
 # With no OPENAI_API_KEY, Parley runs on its own offline server (bot.localrt) on 127.0.0.1.

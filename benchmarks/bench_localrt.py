@@ -194,5 +194,50 @@ async def main() -> None:
     print(f"\nsource: {hyp.strip()}\ntarget: {out.strip()}")
 
 
+def _p(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, round(q / 100 * (len(v) - 1)))]
+
+
+async def load(speakers: tuple[int, ...] = (1, 2, 4, 8), sentences: int = 8) -> dict:
+    """N members talking at once into one server (the bot's load): per N, the real-time factor per speaker
+    (N unpaced sessions at once: the slowest one's processing wall time / its audio time), the ear-voice
+    span p50/p90 pooled over N real-time paced sessions, and the WER of their source transcripts."""
+    import jiwer
+
+    cfg = LocalRTConfig(port=0)
+    t = time.perf_counter()
+    engines = Engines.load(cfg)
+    loaded_s = time.perf_counter() - t
+    said = SENTENCES[:sentences]
+    audio, ends = build_audio(said)
+    audio_s = len(audio) / (2 * RATE)
+    ref = norm(" ".join(said))
+    out: dict = {"engines_load_s": loaded_s, "audio_s": audio_s, "sentences": len(said), "by_speakers": {}}
+    async with LocalRTServer(cfg, engines) as server:
+        await session(server.url, audio[: FRAME * 20], paced=False)  # warm-up
+        for n in speakers:
+            runs = await asyncio.gather(*(session(server.url, audio, paced=False) for _ in range(n)))
+            rtf = max(ev[-1][0] - t0 for ev, _, t0 in runs) / audio_s
+            paced = await asyncio.gather(*(session(server.url, audio, paced=True) for _ in range(n)))
+            spans = [x for ev, st, _ in paced for x in ear_voice_spans(ev, st, ends)]
+            wers = []
+            for ev, _, _ in paced:
+                hyp = "".join(e["delta"] for _, e in ev if e["type"] == "session.input_transcript.delta")
+                wers.append(jiwer.wer(ref, norm(hyp)))
+            out["by_speakers"][str(n)] = {
+                "rtf_per_speaker": rtf,
+                "ear_voice_p50_s": _p(spans, 50),
+                "ear_voice_p90_s": _p(spans, 90),
+                "spans_found": len(spans),
+                "spans_expected": n * len(ends),
+                "wer": sum(wers) / len(wers),
+                "keeps_up": rtf < 1.0,
+            }
+    return out
+
+
 if __name__ == "__main__":
     asyncio.run(main())

@@ -111,15 +111,16 @@ def stages(datagrams: list[bytes], session, raw: list[bytes]) -> dict[str, float
     }
 
 
-def main() -> int:
-    pcm = to_stereo_bytes(speech_like(FRAMES / 50))
+def measure(frames: int = FRAMES, repeats: int = REPEATS) -> dict:
+    """The figures of :func:`main` as a dict (seconds per packet / frame); raises if a packet was lost."""
+    pcm = to_stereo_bytes(speech_like(frames / 50))
     group = make_group([1001, 2002])
     enc = opus.Encoder()  # discord.py's encoder with its defaults, as the sender below uses
     raw = [enc.encode(pcm[i : i + 3840], 960) for i in range(0, len(pcm), 3840)]
     results = []
     sizes = 0.0
     breakdown: dict[str, float] = {}
-    for rep in range(REPEATS):
+    for rep in range(repeats):
         # DAVE rejects replayed frames, so every repetition gets freshly encrypted datagrams.
         peer = DiscordPeer(ssrc=4242, dave_session=group[1001], sequence=rep * 7000)
         datagrams = peer.send_pcm(pcm)
@@ -136,17 +137,27 @@ def main() -> int:
         sizes = float(np.mean([len(x) for x in datagrams]))
         counts = receiver.counters()["outcomes"]
         if counts["decoded"] != len(datagrams):
-            print(f"unexpected outcomes: {counts}", file=sys.stderr)
-            return 1
+            raise RuntimeError(f"unexpected outcomes: {counts}")
         results.append((floor_stereo(raw), floor_mono(raw), path))
     # stage breakdown on one more fresh stream (DAVE frames cannot be decrypted twice)
     peer = DiscordPeer(ssrc=4242, dave_session=group[1001], sequence=50000)
     breakdown = stages(peer.send_pcm(pcm), group[2002], raw)
-    a = min(r[0] for r in results)
-    b = min(r[1] for r in results)
-    p = min(r[2] for r in results)
+    return {
+        "frames": frames, "repeats": repeats, "datagram_bytes": sizes,
+        "floor_stereo_s": min(r[0] for r in results), "floor_mono_s": min(r[1] for r in results),
+        "path_s": min(r[2] for r in results), "stages_s": breakdown,
+    }
+
+
+def main() -> int:
+    try:
+        m = measure()
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    a, b, p, breakdown = m["floor_stereo_s"], m["floor_mono_s"], m["path_s"], m["stages_s"]
     per_speaker = p * PACKETS_PER_SECOND
-    print(f"frames per run: {FRAMES}, best of {REPEATS}, mean datagram {sizes:.0f} B")
+    print(f"frames per run: {FRAMES}, best of {REPEATS}, mean datagram {m['datagram_bytes']:.0f} B")
     print(f"floor A  libopus decode 48 kHz stereo int16 : {a * 1e6:7.1f} µs/frame")
     print(f"floor B  libopus decode 48 kHz mono float   : {b * 1e6:7.1f} µs/frame")
     print(f"receive path (parse+AEAD+DAVE+jitter+decode+soxr+framing): {p * 1e6:7.1f} µs/packet")

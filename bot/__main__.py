@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "translate": ("bot.translate", "translate a WAV file through one session (the quickest way to try a backend)"),
     "localrt": ("bot.localrt.cli", "serve /v1/realtime/translations with offline engines (no API key)"),
     "replay": ("bot.voice.replay", "decode a capture of raw voice datagrams into one WAV per member"),
+    "bench": ("bot.bench", "measure what the bot costs per speaker and the delay it adds (benchmarks/)"),
 }
 
 

@@ -43,10 +43,10 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from bot.config import Endpoint, Settings
 from bot.logsafe import redacting_logger
 from bot.realtime.backoff import Backoff
 from bot.realtime.cost import CostMeter
+from bot.realtime.options import Endpoint, RealtimeOptions, SessionOptions
 from bot.realtime.outputs import SessionError, SessionOutput
 from bot.realtime.protocol import RealtimeProtocol, TranslationProtocol, WireProtocol
 from bot.realtime.replay import BYTES_PER_MS, ReplayBuffer
@@ -183,14 +183,14 @@ class TranslationSession:
         self,
         endpoint: Endpoint,
         language: str,
-        settings: Settings | None = None,
+        settings: SessionOptions | None = None,
         *,
         name: str = "session",
         backoff: Backoff | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.language = language
-        self.settings = settings or Settings()
+        self.settings: SessionOptions = settings or RealtimeOptions()
         self.name = name
         s = self.settings
         self._chunk_bytes = s.audio.chunk_ms * BYTES_PER_MS

@@ -27,8 +27,8 @@ from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSe
 
 log = logging.getLogger("parley.pipeline")
 
-FRAME_MS = 20
-SILENCE = bytes(960)  # 20 ms of 24 kHz pcm16
+DISCORD_FRAME_MS = 20
+SILENT_FRAME = bytes(960)  # one Discord frame (20 ms) of 24 kHz pcm16 silence
 SPEECH_GAP_S = 0.2  # no frame for this long while "speaking" = the member stopped
 RETRY_AFTER_FAILURE_S = 30.0
 MAX_QUEUED_FRAMES = 250  # 5 s of audio held while a session opens; beyond that the oldest frames go
@@ -186,7 +186,7 @@ class Speaker:
             t0 = loop.time()
             sent_ms = 0
             await session.send_audio(first)
-            sent_ms += FRAME_MS
+            sent_ms += DISCORD_FRAME_MS
             last_speech = loop.time()
             self.speaking = True
             while True:
@@ -195,7 +195,7 @@ class Speaker:
                     self._refused(reason, logging.WARNING)
                     return False
                 # the next 20 ms boundary of the session's clock (early frames never push it ahead)
-                tick = t0 + (int((loop.time() - t0) * 1000) // FRAME_MS + 1) * FRAME_MS / 1000
+                tick = t0 + (int((loop.time() - t0) * 1000) // DISCORD_FRAME_MS + 1) * DISCORD_FRAME_MS / 1000
                 try:
                     item = await asyncio.wait_for(self._queue.get(), timeout=max(0.0, tick - loop.time()))
                 except TimeoutError:
@@ -209,7 +209,7 @@ class Speaker:
                     else:
                         self.frames_in += 1
                         await session.send_audio(pcm)
-                        sent_ms += FRAME_MS
+                        sent_ms += DISCORD_FRAME_MS
                         last_speech = loop.time()
                         self.speaking = True
                     item = self._queue.get_nowait() if not self._queue.empty() else None
@@ -218,11 +218,11 @@ class Speaker:
                     self.speaking = False
                 if not self.speaking:
                     behind = int((now - t0) * 1000) - sent_ms
-                    if behind >= FRAME_MS:
-                        n = behind // FRAME_MS
-                        await session.send_audio(SILENCE * n)
-                        sent_ms += n * FRAME_MS
-                        self.silence_ms_sent += n * FRAME_MS
+                    if behind >= DISCORD_FRAME_MS:
+                        n = behind // DISCORD_FRAME_MS
+                        await session.send_audio(SILENT_FRAME * n)
+                        sent_ms += n * DISCORD_FRAME_MS
+                        self.silence_ms_sent += n * DISCORD_FRAME_MS
                     if now - last_speech >= self._idle_timeout_s:
                         return False
         except (SessionFatal, SessionUnavailable) as e:

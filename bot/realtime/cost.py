@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bot.realtime.replay import BYTES_PER_MS
+from bot.realtime.replay_buffer import BYTES_PER_MS
 
 
 @dataclass

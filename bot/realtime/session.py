@@ -49,7 +49,7 @@ from bot.realtime.cost import CostMeter
 from bot.realtime.options import Endpoint, RealtimeOptions, SessionOptions
 from bot.realtime.outputs import SessionError, SessionOutput
 from bot.realtime.protocol import RealtimeProtocol, TranslationProtocol, WireProtocol
-from bot.realtime.replay import BYTES_PER_MS, ReplayBuffer
+from bot.realtime.replay_buffer import BYTES_PER_MS, ReplayBuffer
 
 log = logging.getLogger("parley.realtime")
 _WS_LOG = redacting_logger("parley.realtime.websocket")

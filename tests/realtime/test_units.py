@@ -23,7 +23,7 @@ from bot.realtime.backoff import Backoff
 from bot.realtime.cost import CostMeter
 from bot.realtime.outputs import SessionError, TranslatedAudio
 from bot.realtime.protocol import RealtimeProtocol, TranslationProtocol, language_name
-from bot.realtime.replay import ReplayBuffer
+from bot.realtime.replay_buffer import ReplayBuffer
 
 TR_CLIENT = TypeAdapter(RealtimeTranslationClientEvent)
 RT_CLIENT = TypeAdapter(RealtimeClientEvent)

@@ -362,8 +362,12 @@ def main(args: argparse.Namespace) -> int:
 def print_summary(result: DemoResult, out: Path, seconds: float) -> None:
     print("\nWhat was said, and what the listener in #Interpretation heard:")
     for u in result.utterances:
-        evs = "no translation heard" if u.ear_voice_span_s is None else (
-            f"ear-voice span {u.ear_voice_span_s:.2f} s, {u.after_speech_s:.2f} s after the speech ended")
+        if u.ear_voice_span_s is None or u.after_speech_s is None:
+            evs = "no translation heard"
+        else:
+            after = u.after_speech_s
+            when = f"{after:.2f} s after the speech ended" if after >= 0 else f"{-after:.2f} s before it ended"
+            evs = f"ear-voice span {u.ear_voice_span_s:.2f} s, {when}"
         said = f'"{u.text}"' if u.text else u.wav.name
         print(f"  {u.speaker} (→ {u.language}): {said}  [{evs}]")
     print("\nCaption channel:")

@@ -44,7 +44,7 @@ async def test_translate_any_wav_through_a_peer(tmp_path: Path) -> None:
     out, caps = tmp_path / "out.wav", tmp_path / "caps.jsonl"
     async with Peer() as peer:
         code, stdout, stderr = await run_cli(str(src), "--to", "es", "--backend", f"ws://127.0.0.1:{peer.port}",
-                                             "--out", str(out), "--captions", str(caps), "--fast")
+                                             "--out", str(out), "--captions", str(caps), "--fast", "--json")
     assert code == 0, stderr
     assert peer.validation_failures == []
     summary = json.loads(stdout)
@@ -68,7 +68,7 @@ async def test_a_file_that_is_not_a_wav_is_a_clear_message(tmp_path: Path) -> No
     code, _, stderr = await run_cli(str(bad), "--to", "es", "--backend", "ws://127.0.0.1:9", "--out",
                                     str(tmp_path / "o.wav"))
     assert code == 2
-    assert "not a PCM WAV file" in stderr and "Traceback" not in stderr
+    assert "not an audio file that can be read" in stderr and "Traceback" not in stderr
 
 
 async def test_an_unreachable_backend_is_a_clear_message(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ async def test_translate_with_the_local_backend(tmp_path: Path) -> None:
                    check=True)
     out, caps = tmp_path / "es.wav", tmp_path / "es.jsonl"
     code, stdout, stderr = await run_cli(str(src), "--to", "es", "--backend", "local", "--out", str(out),
-                                         "--captions", str(caps), "--fast")
+                                         "--captions", str(caps), "--fast", "--json")
     assert code == 0, stderr
     target = " ".join(json.loads(line)["text"] for line in caps.read_text().splitlines()
                       if json.loads(line)["kind"] == "target").lower()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from bot.audio.pcm import SCALE, to_int16
+
 IN_RATE = 24_000
 OUT_RATE = 48_000
 IN_FRAME_SAMPLES = 480  # 20 ms at 24 kHz
@@ -168,10 +170,10 @@ class Mixer:
                 for chunk in chunks:
                     samples = np.frombuffer(chunk, dtype=np.int16)
                     acc[: samples.size] += samples
-                acc *= 1.0 / 32768.0
+                acc *= 1.0 / SCALE
                 mix = _soft_clip(acc)
             mono = self._resample(mix)
-        pcm = (mono * 32768.0).clip(-32768.0, 32767.0).astype(np.int16)
+        pcm = to_int16(mono)
         return np.repeat(pcm, 2).tobytes()
 
     def _take(self) -> list[bytes]:

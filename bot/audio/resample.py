@@ -11,16 +11,13 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
+from bot.audio.pcm import to_pcm16
+
 IN_RATE = 48_000
 OUT_RATE = 24_000
 FRAME_SAMPLES = 480  # 20 ms at 24 kHz
 FRAME_BYTES = FRAME_SAMPLES * 2
 _EMPTY = np.zeros(0, dtype=np.float32)
-
-
-def to_pcm16(samples: np.ndarray) -> bytes:
-    """float32 (±1.0) → s16le bytes, clipped."""
-    return (samples * 32768.0).clip(-32768.0, 32767.0).astype(np.int16).tobytes()
 
 
 class Downsampler:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import sys
@@ -73,11 +74,27 @@ def main(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(config, engines, api_key))
 
 
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line for a socket that cannot be opened (the port is taken, the address is not ours…)."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {host}:{port}: the port is already in use (another localrt? choose one with --port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}:{port}: that address is not on this host (--host)"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {host}:{port}: permission denied (ports below 1024 need privileges)"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
 async def _serve(config: LocalRTConfig, engines, api_key: str | None) -> int:
     from bot.localrt.server import LocalRTServer
 
     server = LocalRTServer(config, engines, api_key)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        print(f"localrt: {listen_error(config.host, config.port, exc)}", file=sys.stderr)
+        server.pool.shutdown(wait=False)
+        return 2
     log.info(
         "listening on %s/v1/realtime/translations (%s); outputs: %s",
         server.url,

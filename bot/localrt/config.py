@@ -47,6 +47,11 @@ class ASRConfig(_Section):
     partial_interval_ms: int = Field(
         1000, ge=0, description="re-decode the open segment this often for partial text; 0 = off"
     )
+    min_avg_logprob: float | None = Field(
+        -1.0,
+        description="a final decode less confident than this (whisper's own failure threshold) is taken "
+        "as speech the recogniser does not know, not as words; null = keep every decode",
+    )
 
 
 class MTConfig(_Section):

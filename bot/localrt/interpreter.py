@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from bot.audio.pcm import to_float
 from bot.localrt.engines.asr import ASR_RATE, EngineError, Transcript
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.segmenter import Segmenter, Step
@@ -95,7 +96,7 @@ class Interpreter:
         out: list[Output] = []
         for i, frame in enumerate(frames):
             self.frames += 1
-            pcm = np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32768.0
+            pcm = to_float(frame)
             audio16 = self._resampler.resample_chunk(pcm)
             step = self._seg.push(frame, self._vad.speech_probability(audio16))
             self._track_audio(step, audio16)
@@ -187,6 +188,10 @@ class Interpreter:
                 hyp = self._engines.asr.transcribe(audio, prefix=text.text)
         except EngineError as exc:
             return [Failure("asr_failed", str(exc))]
+        if hyp.unintelligible and not text.committed:
+            heard = ", ".join(sorted(self._engines.asr.languages)) if len(self._engines.asr.languages) < 10 else ""
+            return [Failure("speech_not_recognised", "speech was not in a language the recogniser knows"
+                            + (f" (it knows: {heard})" if heard else ""))]
         words = text.finish(hyp.text)
         if settings.transcribe:
             out += self._source_delta(words)

@@ -194,6 +194,7 @@ class Session:
         self._wake = asyncio.Event()
         self._pending_frames = 0
         self._closing = False
+        self._worker_done = False  # the worker stopped (hung up, failed): nobody will drain the queue
         self._interpreter: Interpreter | None = None
 
     def _settings(self) -> Settings:
@@ -259,9 +260,11 @@ class Session:
             )
         if isinstance(event, InputAudioBufferAppend):
             self._append(event)
-            if self._pending_frames > self._max_backlog:
+            if self._pending_frames > self._max_backlog and not self._worker_done:
                 # Back-pressure instead of dropping: stop reading until the engines catch up, so a
                 # client sending faster than real time is slowed down by TCP and nothing is lost.
+                # Never park on a worker that has stopped: nothing would wake this reader, and the
+                # server's close would wait for this connection forever.
                 self._drained.clear()
                 await self._drained.wait()
         elif isinstance(event, SessionUpdate):
@@ -317,6 +320,7 @@ class Session:
                 )
                 await self.ws.close(1011, "engine failure")
         finally:
+            self._worker_done = True
             self._drained.set()  # never leave the reader parked on a dead worker
 
     async def _work_loop(self) -> None:

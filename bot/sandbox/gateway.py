@@ -25,7 +25,10 @@ from bot.sandbox.state import Guild, User, World
 log = logging.getLogger("parley.sandbox.gateway")
 
 HEARTBEAT_INTERVAL_MS = 41250
-ACK_DELAY_S = 0.02
+# Discord answers across a network; clients are written for that. A local answer in microseconds races them:
+# discord.py's heartbeat thread then logs a bogus "Can't keep up", and its voice connection sets its state only
+# after its op 4 is written, so an instant VOICE_STATE/SERVER_UPDATE would be ignored and the join time out.
+NETWORK_DELAY_S = 0.02
 INTENT_GUILDS = 1 << 0
 INTENT_VOICE_STATES = 1 << 7
 
@@ -128,9 +131,7 @@ class Gateway:
 
     async def _received(self, session: GatewaySession, op: int, d: Any) -> None:
         if op == 1:  # heartbeat
-            # Discord's ack crosses a network; an instant one races discord.py's heartbeat thread, which then
-            # logs a bogus "Can't keep up … 41 s behind".
-            await asyncio.sleep(ACK_DELAY_S)
+            await asyncio.sleep(NETWORK_DELAY_S)
             await session.send(11, None)
         elif op == 2:
             await self._identify(session, d)
@@ -139,6 +140,7 @@ class Gateway:
         elif session.user is None:
             await session.ws.close(code=NOT_AUTHENTICATED, message=b"Not authenticated.")
         elif op == 4 and isinstance(d, dict):
+            await asyncio.sleep(NETWORK_DELAY_S)
             await self.on_voice_state(session, d)
         # op 3 presence, op 8 request members, …: accepted and ignored (nothing Parley relies on)
 

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from bot.audio.pcm import to_pcm16
 from bot.localrt.config import ASRConfig
 from bot.localrt.transcript import cut_repeat
 
@@ -34,6 +35,9 @@ class EngineError(RuntimeError):
 class Transcript:
     text: str
     language: str
+    # The recogniser heard sound it could not make words of: a language it does not know, usually
+    # (whisper's text is then an invention, e.g. "We will see you next time." for Spanish to tiny.en).
+    unintelligible: bool = False
 
 
 class Recognizer(Protocol):
@@ -56,6 +60,24 @@ def bundled_whisper_path() -> Path:
     return path
 
 
+def _looks_like_path(source: str) -> bool:
+    """`./m`, `/opt/m`, `~/m`, `models/whisper/small`: a path. `tiny.en`, `owner/name`: a model name."""
+    return source.startswith((".", "/", "~")) or source.endswith("/") or source.count("/") >= 2 or "\\" in source
+
+
+def _check_model_source(source: str) -> str:
+    """A path must be a folder that exists (it is never taken for a hub repository id such as
+    `Systran/faster-whisper-small`, which has exactly one slash and does not exist on disk)."""
+    path = Path(source).expanduser()
+    if path.exists() or _looks_like_path(source):
+        if not path.exists():
+            raise EngineError(f"asr.model {source}: no such folder (a faster-whisper model folder or a model name)")
+        if not path.is_dir() or not (path / "model.bin").is_file():
+            raise EngineError(f"asr.model {source}: not a faster-whisper model folder (it needs model.bin)")
+        return str(path)
+    return source
+
+
 class WhisperRecognizer:
     """faster-whisper (CTranslate2). `num_workers` lets that many threads decode in parallel."""
 
@@ -69,6 +91,7 @@ class WhisperRecognizer:
             source = str(bundled_whisper_path())
             english_only = True
         else:
+            source = _check_model_source(source)
             english_only = source.rstrip("/").endswith(".en")
         try:
             self._model = WhisperModel(
@@ -80,7 +103,13 @@ class WhisperRecognizer:
                 local_files_only=True,
             )
         except Exception as exc:
-            raise EngineError(f"cannot load faster-whisper model {source!r}: {exc}") from exc
+            if Path(source).is_dir():
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise EngineError(f"asr.model {source}: not a faster-whisper model folder ({reason})") from None
+            raise EngineError(
+                f"asr.model {source!r}: no such model on this host (models are never downloaded at run time);"
+                " set it to a faster-whisper model folder, or remove it to use the bundled tiny.en"
+            ) from None
         multilingual = bool(getattr(self._model.model, "is_multilingual", not english_only))
         self._language = cfg.language or (None if multilingual else "en")
         if self._language:
@@ -88,6 +117,7 @@ class WhisperRecognizer:
         else:
             self.languages = WHISPER_LANGUAGES
         self._beam = cfg.beam_size
+        self._min_logprob = cfg.min_avg_logprob
 
     def transcribe(self, audio: np.ndarray, prefix: str | None = None) -> Transcript:
         # whisper misreads speech that starts or ends right at the buffer edge: pad with silence.
@@ -96,12 +126,21 @@ class WhisperRecognizer:
             np.concatenate([pad, audio.astype(np.float32, copy=False), pad]),
             language=self._language,
             beam_size=self._beam,
-            without_timestamps=True,
+            # Timestamp mode: without timestamps whisper often ends the text after the first sentence
+            # of a segment, depending on how much silence follows (the README sample read as an 8 kHz
+            # file lost "The meeting starts at ten." whenever the file ended right after it).
+            without_timestamps=False,
             condition_on_previous_text=False,
             vad_filter=False,
             prefix=prefix or None,
         )
+        segments = list(segments)
         text = "".join(s.text for s in segments).strip()
+        if self._min_logprob is not None and segments and not prefix:
+            weight = sum(max(1, len(s.tokens)) for s in segments)
+            logprob = sum(s.avg_logprob * max(1, len(s.tokens)) for s in segments) / weight
+            if logprob < self._min_logprob:
+                return Transcript(text="", language=self._language or info.language, unintelligible=True)
         if prefix:
             # faster-whisper returns the prefix as part of the text (or nothing when it heard no speech)
             head = prefix.strip()
@@ -126,7 +165,7 @@ class SphinxRecognizer:
         self._lock = threading.Lock()  # one decoder, not reentrant
 
     def transcribe(self, audio: np.ndarray, prefix: str | None = None) -> Transcript:
-        pcm = np.clip(audio * 32768.0, -32768, 32767).astype(np.int16).tobytes()
+        pcm = to_pcm16(audio)
         with self._lock:
             self._decoder.start_utt()
             self._decoder.process_raw(pcm, full_utt=True)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from bot.audio.pcm import to_int16
 from bot.localrt.config import VADConfig
 
 VAD_RATE = 16_000
@@ -54,7 +55,7 @@ class WebRTCVAD:
         self._rest = np.zeros(0, dtype=np.int16)
 
     def speech_probability(self, audio: np.ndarray) -> float:
-        pcm = np.clip(audio * 32768.0, -32768, 32767).astype(np.int16)
+        pcm = to_int16(audio)
         buf = np.concatenate([self._rest, pcm])
         n = len(buf) // self._FRAME
         if n == 0:

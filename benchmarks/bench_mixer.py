@@ -26,6 +26,7 @@ from discord import opus
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.audio.mixer import Mixer
+from bot.audio.pcm import to_pcm16
 
 RATE = 24_000
 REPEATS = 3
@@ -39,7 +40,7 @@ def speech_like(seconds: float, seed: int) -> bytes:
     voice = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 8))
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + seed)
     x = 0.12 * voice * envelope + 0.01 * rng.standard_normal(t.size)
-    return (np.clip(x, -1, 1) * 32767).astype(np.int16).tobytes()
+    return to_pcm16(x)
 
 
 def chunks(pcm: bytes, frames: int, rng: np.random.Generator) -> list[list[bytes]]:

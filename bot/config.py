@@ -211,6 +211,17 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_CONFIG = Path("config.yaml")
+
+
+def config_path(given: Path | None, cwd: Path | None = None) -> Path | None:
+    """One rule for every command: the file given, else ./config.yaml when there is one, else the defaults."""
+    if given is not None:
+        return given
+    default = (cwd or Path.cwd()) / DEFAULT_CONFIG
+    return DEFAULT_CONFIG if default.is_file() else None
+
+
 def load_settings(path: str | Path | None, env: dict[str, str] | None = None) -> Settings:
     """Read and validate the config file (None → all defaults) plus the environment.
 

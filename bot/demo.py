@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bot.audio.pcm import to_float, to_pcm16
 from bot.audiofile import AudioFileError, read_wav_24k_mono, write_wav_24k_mono
 from bot.config import ConfigError, DiscordConfig, check_language
 from bot.run import discord_client_options
@@ -117,7 +118,7 @@ def synthesize(text: str, voice: str, path: Path) -> Path:
 
 def speech_span(pcm16: bytes) -> tuple[float, float]:
     """Where speech starts and ends in the audio (seconds)."""
-    x = np.abs(np.frombuffer(pcm16, "<i2").astype(np.float32) / 32768)
+    x = np.abs(to_float(pcm16))
     loud = np.flatnonzero(x > QUIET * 3)
     return (float(loud[0]) / RATE, float(loud[-1]) / RATE) if len(loud) else (0.0, 0.0)
 
@@ -240,7 +241,7 @@ async def run_demo(utterances: list[Utterance], out: Path, config: Path | None, 
             code, took = stop_process(bot_proc, signal.SIGINT)
             bot_exit = {"signal": "SIGINT", "exit_code": code, "seconds": round(took, 2)}
             heard = listener_member.heard()
-            write_wav_24k_mono(out / "output.wav", (np.clip(heard, -1, 1) * 32767).astype("<i2").tobytes())
+            write_wav_24k_mono(out / "output.wav", to_pcm16(heard))
             caption_lines = [m.content for m in sb.messages(captions, viewer=carol)]
             (out / "captions.md").write_text(_captions_md(caption_lines), encoding="utf-8")
             timeline = [_event_json(e) for e in sb.events]

@@ -29,7 +29,7 @@ import discord
 import yarl
 from discord.ext import commands
 
-from bot.config import ConfigError, DiscordConfig, Settings, load_settings, resolve_endpoint
+from bot.config import ConfigError, DiscordConfig, Settings, config_path, load_settings, resolve_endpoint
 from bot.localrt.config import LocalRTConfig
 from bot.metrics import MetricsServer
 from bot.pipeline.rooms import DiscordCaptions, RoomManager, discord_voice_join
@@ -42,7 +42,8 @@ log = logging.getLogger("parley")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default: config.yaml)")
+    p.add_argument("--config", type=Path,
+                   help="config file (default: ./config.yaml when it exists, else built-in defaults)")
     p.add_argument("--check", action="store_true",
                    help="check the configuration, the local engines and the tokens, then exit (0: it can run)")
 
@@ -425,10 +426,10 @@ def unreachable_reason(e: BaseException) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(config_path(args.config))
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.check:
-        return check(settings, str(args.config))
+        return check(settings, str(config_path(args.config) or "(defaults)"))
     endpoint = resolve_endpoint(settings)  # a missing API key is a ConfigError here, before Discord
     log.info("backend %s → %s (%s protocol)", settings.backend, endpoint.url.split("?")[0], endpoint.protocol)
     if settings.secrets.discord_token is None:

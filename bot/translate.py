@@ -28,13 +28,20 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.audiofile import AudioFileError, WavWriter, read_audio_24k_mono
-from bot.config import ConfigError, Settings, check_language, load_settings, resolve_endpoint
+from bot.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    Settings,
+    check_language,
+    config_path,
+    load_settings,
+    resolve_endpoint,
+)
 from bot.realtime.outputs import SessionError, SourceText, TargetText, TranslatedAudio
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 
 FRAME_BYTES = 960  # 20 ms of 24 kHz pcm16
 BYTES_PER_S = 48_000
-DEFAULT_CONFIG = Path("config.yaml")
 CUT_SLACK_MS = 250  # unanswered audio below this is the last partial frame, not a loss
 SILENCE_PEAK = 64  # an input whose int16 samples never exceed this is silence (-54 dBFS)
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -61,14 +68,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log what the session does")
     p.epilog = ("exit codes: 0 translated, 1 nothing translated or backend failure, 2 usage/file/config "
                 "problem, 3 incomplete (the end was not translated), 130 interrupted")
-
-
-def config_path(given: Path | None, cwd: Path | None = None) -> Path | None:
-    """The rule `run` follows too: the file given, else ./config.yaml when there is one."""
-    if given is not None:
-        return given
-    default = (cwd or Path.cwd()) / DEFAULT_CONFIG
-    return DEFAULT_CONFIG if default.is_file() else None
 
 
 class Captions:

@@ -113,3 +113,21 @@ def test_help_lists_every_subcommand() -> None:
     assert r.returncode == 0
     for cmd in ("run", "translate", "localrt", "replay"):
         assert cmd in r.stdout
+
+
+def test_every_command_finds_the_config_the_same_way(tmp_path: Path) -> None:
+    """The file given, else ./config.yaml when present, else the defaults — for run as for translate."""
+    import subprocess
+    import sys
+
+    from bot.config import config_path
+
+    assert config_path(Path("x.yaml"), tmp_path) == Path("x.yaml")
+    assert config_path(None, tmp_path) is None
+    (tmp_path / "config.yaml").write_text("target_language: es\n")
+    assert config_path(None, tmp_path) == Path("config.yaml")
+    env = {"PATH": "/usr/bin:/bin", "DISCORD_TOKEN": "x", "PARLEY_BACKEND": "ws://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "bot", "run", "--check"], cwd=tmp_path / "..", env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "cannot read config file" not in done.stderr + done.stdout, done.stderr
+    assert "(defaults)" in done.stdout + done.stderr, done.stdout + done.stderr

@@ -20,6 +20,7 @@ import discord
 import numpy as np
 import soxr
 
+from bot.audio.pcm import to_float, to_pcm16
 from bot.audiofile import read_wav_24k_mono
 from bot.sandbox.state import Channel, User
 from bot.voice.client import ListeningVoiceClient
@@ -50,7 +51,7 @@ class Recording:
     last_sound: dict[int, float] = field(default_factory=dict)  # user → monotonic time of their last loud frame
 
     def add(self, user_id: int, pcm16: bytes, arrived: float) -> None:
-        x = np.frombuffer(pcm16, "<i2").astype(np.float32) / 32768
+        x = to_float(pcm16)
         at = int((arrived - self.t0) * RATE) - len(x)
         cursor = self.cursors.get(user_id, 0)
         if at > cursor + 3 * FRAME:  # a gap: the sender was silent
@@ -131,9 +132,9 @@ class Member:
         if self.voice is None:
             raise RuntimeError(f"{self.name} is not in a voice channel")
         pcm24 = read_wav_24k_mono(wav) if isinstance(wav, Path) else wav
-        x = np.frombuffer(pcm24, "<i2").astype(np.float32) / 32768
+        x = to_float(pcm24)
         stereo = np.repeat(soxr.resample(x, RATE, 48000, quality="HQ")[:, None], 2, axis=1)
-        pcm48 = (np.clip(stereo, -1, 1) * 32767).astype("<i2").tobytes()
+        pcm48 = to_pcm16(stereo)
         done = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
 

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from bot.audio.mixer import Mixer
 from bot.playback.source import MixerSource
+from bot.voice.connection import VoiceClient
 
 log = logging.getLogger("parley.playback")
 
@@ -94,7 +95,7 @@ class SpeakerAccount:
         voice = guild.voice_client
         try:
             if not isinstance(voice, discord.VoiceClient):
-                voice = await channel.connect(timeout=self.connect_timeout, self_deaf=True)
+                voice = await channel.connect(cls=VoiceClient, timeout=self.connect_timeout, self_deaf=True)
             elif voice.channel.id != channel_id:
                 await voice.move_to(channel, timeout=self.connect_timeout)
         except (TimeoutError, discord.ClientException, discord.ConnectionClosed) as exc:

@@ -28,6 +28,7 @@ from discord.voice_state import VoiceConnectionState
 
 from bot.voice.capture import CaptureWriter
 from bot.voice.config import VoiceConfig
+from bot.voice.connection import PromptVoiceConnectionState, VoiceClient
 from bot.voice.dave import DaveDecryptor
 from bot.voice.receiver import GATEWAY_OPS, VoiceReceiver
 from bot.voice.worker import AsyncioFrameSink, ExcludePredicate, ReceiveWorker, VoiceFrame
@@ -40,7 +41,7 @@ def capture_path(directory: Path, guild_id: int, channel_id: int) -> Path:
     return directory / f"{guild_id}-{channel_id}-{stamp}.jsonl"
 
 
-class ListeningVoiceClient(discord.VoiceClient):
+class ListeningVoiceClient(VoiceClient):
     """A VoiceClient whose members' speech arrives on :attr:`frames` as 20 ms 24 kHz pcm16 frames."""
 
     voice_config: ClassVar[VoiceConfig] = VoiceConfig()
@@ -96,7 +97,7 @@ class ListeningVoiceClient(discord.VoiceClient):
         self.receive.exclude = predicate
 
     def create_connection_state(self) -> VoiceConnectionState:
-        return VoiceConnectionState(self, hook=self._voice_ws_hook)
+        return PromptVoiceConnectionState(self, hook=self._voice_ws_hook)
 
     def _dave_session(self) -> Any:
         return self._connection.dave_session

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GUILD, SOURCE, OUTPUT = 1, 100, 200
 LISTENER, SPEAKER_ACCOUNT = 1, 2
 FIRST_MEMBER = 1000
-FRAME_BYTES = 960  # 20 ms of 24 kHz mono pcm16
+ENGINE_FRAME_BYTES = 960  # 20 ms of 24 kHz mono pcm16
 SLOTS = 4  # members' packets are spread over 4 phases of the 20 ms clock, as real senders are not in step
 
 
@@ -165,12 +165,12 @@ class Probe:
         from bot.realtime.session import TranslationSession
 
         probe = self
-        silence = bytes(FRAME_BYTES)
+        silence = bytes(ENGINE_FRAME_BYTES)
         send_audio, send_chunk, handle = (TranslationSession.send_audio, TranslationSession._send_chunk,
                                           TranslationSession._handle)
 
         async def _send_audio(self, pcm16: bytes) -> None:
-            if len(pcm16) == FRAME_BYTES and pcm16 != silence:
+            if len(pcm16) == ENGINE_FRAME_BYTES and pcm16 != silence:
                 probe.sent[self.name].append((self._sent + len(self._pending), time.monotonic()))
             await send_audio(self, pcm16)
 
@@ -256,13 +256,13 @@ class Probe:
             trig = self.trigger[s]
             arr = self.arrival[s]
             n = min(len(sent), len(trig), arr.size)
-            chunk_of = [(sent[m][0] + FRAME_BYTES - 1) // chunk_bytes for m in range(n)]
+            chunk_of = [(sent[m][0] + ENGINE_FRAME_BYTES - 1) // chunk_bytes for m in range(n)]
             last: dict[int, int] = {}
             for m, c in enumerate(chunk_of):
                 last[c] = m
 
             def complete(c: int, sent=sent, last=last) -> bool:  # the last chunk may be padded with silence
-                return sent[last[c]][0] + FRAME_BYTES == (c + 1) * chunk_bytes
+                return sent[last[c]][0] + ENGINE_FRAME_BYTES == (c + 1) * chunk_bytes
 
             for c, m_last in last.items():
                 t_w = written.get(c * chunk_bytes)

@@ -15,7 +15,7 @@ from bot.config import ConfigError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bot.run", "run the Discord bot (listener + speaker accounts)"),
     "demo": ("bot.demo", "see Parley work with no account: a local Discord, the bot, people talking"),
-    "translate": ("bot.translate", "translate a WAV file through one session (the quickest way to try a backend)"),
+    "translate": ("bot.translate_file", "translate a WAV file through one session (the quickest way to try a backend)"),
     "localrt": ("bot.localrt.cli", "serve /v1/realtime/translations with offline engines (no API key)"),
     "replay": ("bot.voice.replay", "decode a capture of raw voice datagrams into one WAV per member"),
     "bench": ("bot.bench", "measure what the bot costs per speaker and the delay it adds (benchmarks/)"),

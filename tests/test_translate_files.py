@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot import translate
+from bot import translate_file as translate
 from tests.realtime.peer import Peer
 from tests.test_translate_cli import tone_wav
 

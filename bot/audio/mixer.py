@@ -31,7 +31,7 @@ IN_FRAME_SAMPLES = 480  # 20 ms at 24 kHz
 IN_FRAME_BYTES = IN_FRAME_SAMPLES * 2
 OUT_FRAME_SAMPLES = 960  # 20 ms at 48 kHz, per channel
 OUT_FRAME_BYTES = OUT_FRAME_SAMPLES * 2 * 2  # stereo s16le: 3840
-SILENCE = bytes(OUT_FRAME_BYTES)
+SILENT_OUT_FRAME = bytes(OUT_FRAME_BYTES)  # 20 ms of 48 kHz stereo silence, what the player gets when quiet
 
 _KNEE = 0.8  # below this the mix passes untouched; above it, tanh bends it towards (never past) the ceiling
 _CEILING = 0.97  # headroom for the resampler's overshoot, so the final int16 clip stays a backstop
@@ -162,7 +162,7 @@ class Mixer:
             self._frames += 1
             if not chunks:
                 if self._zeros_fed >= _QUIET_SAMPLES and not self._out.any():
-                    return SILENCE  # resampler holds only zeros: skipping it is the same as feeding zeros
+                    return SILENT_OUT_FRAME  # resampler holds only zeros: skipping it is the same as feeding zeros
                 mix = np.zeros(IN_FRAME_SAMPLES, dtype=np.float32)
             else:
                 self._frames_mixed += 1

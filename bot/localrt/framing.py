@@ -6,13 +6,13 @@ Clients may append any number of bytes per event; the engine consumes exactly 96
 
 from __future__ import annotations
 
-from bot.realtime.translation_events import FRAME_BYTES, FRAME_MS
+from bot.realtime.translation_events import ENGINE_FRAME_BYTES, ENGINE_FRAME_MS
 
 
 class FrameBuffer:
     """Accumulates pcm16 bytes and hands out whole frames; keeps the remainder for later."""
 
-    def __init__(self, frame_bytes: int = FRAME_BYTES) -> None:
+    def __init__(self, frame_bytes: int = ENGINE_FRAME_BYTES) -> None:
         self._frame_bytes = frame_bytes
         self._pending = bytearray()
         self.frames_out = 0  # frames handed out so far: the input clock
@@ -24,7 +24,7 @@ class FrameBuffer:
     @property
     def elapsed_ms(self) -> int:
         """Audio time of everything handed out so far, in 200 ms steps."""
-        return self.frames_out * FRAME_MS
+        return self.frames_out * ENGINE_FRAME_MS
 
     def push(self, pcm: bytes) -> list[bytes]:
         """Add bytes; return every whole frame now available, in order."""

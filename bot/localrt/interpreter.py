@@ -17,11 +17,11 @@ from bot.localrt.engines.asr import ASR_RATE, EngineError, Transcript
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.segmenter import Segmenter, Step
 from bot.localrt.transcript import StableText, agreed_prefix, join_delta, sentence_end
-from bot.realtime.translation_events import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from bot.realtime.translation_events import ENGINE_FRAME_BYTES, ENGINE_FRAME_MS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-AUDIO_CHUNK_BYTES = FRAME_BYTES  # output audio goes out in 200 ms deltas
+AUDIO_CHUNK_BYTES = ENGINE_FRAME_BYTES  # output audio goes out in 200 ms deltas
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ Output = SourceText | TargetText | TargetAudio | Failure
 
 
 @dataclass(frozen=True)
-class Settings:
+class SessionRequest:
     """What the session asks for, snapshotted per call (the loop may change it in between)."""
 
     target: str
@@ -77,7 +77,7 @@ class Interpreter:
         self._resampler = soxr.ResampleStream(SAMPLE_RATE, ASR_RATE, 1, dtype="float32")
         self._audio16: list[np.ndarray] = []  # 16 kHz audio of the open segment, one array per frame
         self._pre16: list[np.ndarray] = []
-        self._partial_every = max(0, cfg.asr.partial_interval_ms // FRAME_MS)
+        self._partial_every = max(0, cfg.asr.partial_interval_ms // ENGINE_FRAME_MS)
         self._since_partial = 0
         self._text = StableText()
         self._translated = 0  # committed words of the open segment already translated
@@ -89,9 +89,9 @@ class Interpreter:
 
     @property
     def elapsed_ms(self) -> int:
-        return self.frames * FRAME_MS
+        return self.frames * ENGINE_FRAME_MS
 
-    def process(self, frames: list[bytes], settings: Settings) -> list[Output]:
+    def process(self, frames: list[bytes], settings: SessionRequest) -> list[Output]:
         """Consume whole 200 ms frames; return what became ready, in order."""
         out: list[Output] = []
         for i, frame in enumerate(frames):
@@ -118,7 +118,7 @@ class Interpreter:
                     out += self._partial(settings)
         return out
 
-    def finish(self, settings: Settings) -> list[Output]:
+    def finish(self, settings: SessionRequest) -> list[Output]:
         """End of input: close the open segment so its translation is not lost."""
         step = self._seg.finish()
         if step is Step.IDLE:
@@ -128,7 +128,7 @@ class Interpreter:
     # --- internals -----------------------------------------------------------------------------
 
     def _track_audio(self, step: Step, audio16: np.ndarray) -> None:
-        pre_frames = max(1, -(-self._engines.config.vad.pre_roll_ms // FRAME_MS))
+        pre_frames = max(1, -(-self._engines.config.vad.pre_roll_ms // ENGINE_FRAME_MS))
         if step is Step.IDLE:
             self._pre16 = [*self._pre16, audio16][-pre_frames:]
         elif step is Step.START:
@@ -149,7 +149,7 @@ class Interpreter:
             return [Failure("asr_failed", str(exc))]
         return []
 
-    def _partial(self, settings: Settings) -> list[Output]:
+    def _partial(self, settings: SessionRequest) -> list[Output]:
         try:
             # no prefix here: a forced prefix makes whisper repeat itself; agreement does the rest
             hyp = self._engines.asr.transcribe(self._segment_audio())
@@ -172,7 +172,7 @@ class Interpreter:
         self._source_started = True
         return [SourceText(delta, self.elapsed_ms)]
 
-    def _close_segment(self, step: Step, settings: Settings) -> list[Output]:
+    def _close_segment(self, step: Step, settings: SessionRequest) -> list[Output]:
         audio = self._segment_audio()
         self._audio16 = []
         text, done = self._text, self._translated

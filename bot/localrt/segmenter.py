@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from bot.realtime.translation_events import FRAME_MS
+from bot.realtime.translation_events import ENGINE_FRAME_MS
 
 
 class Step(Enum):
@@ -38,11 +38,11 @@ class Segmenter:
     ended_by_silence: bool = False  # how the last segment ended: silence (vs. length cut or close)
 
     def __post_init__(self) -> None:
-        self._silence_frames = max(1, math.ceil(self.min_silence_ms / FRAME_MS))
-        self._min_speech = max(1, math.ceil(self.min_speech_ms / FRAME_MS))
-        self._max_frames = max(2, self.max_segment_ms // FRAME_MS)
-        self._grace_frames = max(0, self.max_grace_ms // FRAME_MS)
-        self._pre = deque(maxlen=max(0, math.ceil(self.pre_roll_ms / FRAME_MS)) or None)
+        self._silence_frames = max(1, math.ceil(self.min_silence_ms / ENGINE_FRAME_MS))
+        self._min_speech = max(1, math.ceil(self.min_speech_ms / ENGINE_FRAME_MS))
+        self._max_frames = max(2, self.max_segment_ms // ENGINE_FRAME_MS)
+        self._grace_frames = max(0, self.max_grace_ms // ENGINE_FRAME_MS)
+        self._pre = deque(maxlen=max(0, math.ceil(self.pre_roll_ms / ENGINE_FRAME_MS)) or None)
         if not self._pre.maxlen:
             self._pre = deque(maxlen=1)
 

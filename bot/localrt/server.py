@@ -32,11 +32,11 @@ from bot.localrt.config import LocalRTConfig
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.errors import ProtocolError
 from bot.localrt.framing import FrameBuffer
-from bot.localrt.interpreter import Failure, Interpreter, Output, Settings, SourceText, TargetText
+from bot.localrt.interpreter import Failure, Interpreter, Output, SessionRequest, SourceText, TargetText
 from bot.localrt.session import SessionState
 from bot.realtime.translation_events import (
     CLIENT_EVENT_TYPES,
-    FRAME_MS,
+    ENGINE_FRAME_MS,
     SAMPLE_RATE,
     AnyServerEvent,
     ErrorDetail,
@@ -175,7 +175,7 @@ def languages_document(engines: Engines) -> dict[str, object]:
 @dataclass(frozen=True)
 class _Batch:
     frames: list[bytes]
-    settings: Settings
+    settings: SessionRequest
 
 
 class Session:
@@ -189,7 +189,7 @@ class Session:
         self.state = SessionState(model, cfg.default_output_language, cfg.session_ttl_s, server.targets)
         self.frames = FrameBuffer()
         self._queue: deque[_Batch | None] = deque()  # None: session.close
-        self._max_backlog = max(BATCH_FRAMES, int(cfg.max_backlog_s * 1000) // FRAME_MS)
+        self._max_backlog = max(BATCH_FRAMES, int(cfg.max_backlog_s * 1000) // ENGINE_FRAME_MS)
         self._drained = asyncio.Event()
         self._wake = asyncio.Event()
         self._pending_frames = 0
@@ -197,8 +197,8 @@ class Session:
         self._worker_done = False  # the worker stopped (hung up, failed): nobody will drain the queue
         self._interpreter: Interpreter | None = None
 
-    def _settings(self) -> Settings:
-        return Settings(target=self.state.target, transcribe=self.state.transcribe)
+    def _settings(self) -> SessionRequest:
+        return SessionRequest(target=self.state.target, transcribe=self.state.transcribe)
 
     async def run(self) -> None:
         # building the VAD loads a model file: not on the event loop

@@ -24,8 +24,7 @@ import aiohttp
 from bot.audio.mixer import Mixer
 from bot.config import Endpoint, Settings
 from bot.pipeline.room import Room
-from bot.pipeline.service import CapReached, LanguageRefused, PipelineError, RoomStatus
-from bot.playback.speaker_account import PlaybackError
+from bot.pipeline.service import CapReached, LanguageRefused, PipelineError, PlaybackError, RoomStatus
 from bot.realtime.outputs import SessionOutput, TranslatedAudio
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 from bot.store import Store

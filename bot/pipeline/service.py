@@ -14,6 +14,10 @@ class PipelineError(Exception):
     """A short, friendly reason an action cannot be done (shown to the member as-is)."""
 
 
+class PlaybackError(PipelineError):
+    """The `Playback` seam cannot play (not invited, no permission, wrong channel): a short reason for the member."""
+
+
 class CapReached(PipelineError):
     """No new session now: `caps.max_sessions` or today's budget is reached (the speaker waits)."""
 

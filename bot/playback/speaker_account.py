@@ -16,14 +16,11 @@ import discord
 from pydantic import SecretStr
 
 from bot.audio.mixer import Mixer
+from bot.pipeline.service import PlaybackError  # the Playback seam's error: raised here, answered there
 from bot.playback.source import MixerSource
 from bot.voice.connection import VoiceClient
 
 log = logging.getLogger("parley.playback")
-
-
-class PlaybackError(Exception):
-    """A short reason the speaker account cannot play (fit to show a member)."""
 
 
 def speaker_intents() -> discord.Intents:

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SAMPLE_RATE = 24_000
-FRAME_MS = 200
-FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000 * 2  # 9600: one engine frame of pcm16 mono
+ENGINE_FRAME_MS = 200
+ENGINE_FRAME_BYTES = SAMPLE_RATE * ENGINE_FRAME_MS // 1000 * 2  # 9600: one engine frame of pcm16 mono
 
 
 def new_event_id(prefix: str = "event") -> str:

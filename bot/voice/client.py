@@ -127,7 +127,7 @@ class ListeningVoiceClient(VoiceClient):
     def receive_counters(self) -> dict[str, Any]:
         """Counters of this connection's receive path, JSON-ready, safe from any thread (for metrics).
 
-        ``received``/``pending``/``outcomes`` (every datagram, :mod:`bot.voice.outcomes`), ``frames``
+        ``received``/``pending``/``outcomes`` (every datagram, :mod:`bot.audio.outcomes`), ``frames``
         (decoder stats), ``dave_failures`` (reason → frames), ``overflow`` (datagrams refused: worker
         behind), ``frames_dropped`` (decoded frames dropped: :attr:`frames` full, same as
         :attr:`frames_dropped`) and, when capturing, ``capture`` (written, excluded, unmapped_dropped,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bot.audio.outcomes import OUTCOME_NAMES, Outcome
 from bot.audio.sink import FrameSink
-from bot.audio.speaker import FRAME_SECONDS, STAT_FEC, STAT_OUT, STAT_PLC, STAT_STREAMS, SpeakerStream
+from bot.audio.stream import FRAME_SECONDS, STAT_FEC, STAT_OUT, STAT_PLC, STAT_STREAMS, ReceiveStream
 from bot.voice.config import VoiceConfig
 from bot.voice.dave import DaveDecryptor
 from bot.voice.hold import HeldPacket, UnmappedHold
-from bot.voice.outcomes import OUTCOME_NAMES, Outcome
 from bot.voice.rtp import RtpHeader, parse_rtp
 from bot.voice.transport import TransportDecryptor
 
@@ -50,8 +50,8 @@ class VoiceReceiver:
         self._count = [0] * len(Outcome)
         self._stats = {STAT_FEC: 0, STAT_PLC: 0, STAT_OUT: 0, STAT_STREAMS: 0}
         self.received = 0
-        self._speakers: dict[int, SpeakerStream] = {}  # user id → stream
-        self._by_ssrc: dict[int, SpeakerStream] = {}
+        self._speakers: dict[int, ReceiveStream] = {}  # user id → stream
+        self._by_ssrc: dict[int, ReceiveStream] = {}
         self._video: set[int] = set()
         self._hold = UnmappedHold(self.config.unmapped_hold_packets, self.config.unmapped_hold_seconds)
         self.members_seen: set[int] = set()
@@ -113,7 +113,7 @@ class VoiceReceiver:
         if old is not None:  # member reconnected with a new SSRC
             self._drop_user(user_id)
         c = self.config
-        stream = SpeakerStream(
+        stream = ReceiveStream(
             user_id,
             self._sink,
             self._count,
@@ -171,14 +171,14 @@ class VoiceReceiver:
             evicted = self._hold.add(HeldPacket(now, ssrc, header.sequence, frame))  # type: ignore
             count[Outcome.UNMAPPED_DROPPED] += evicted
 
-    def _push(self, stream: SpeakerStream, sequence: int, frame: bytes, now: float) -> None:
+    def _push(self, stream: ReceiveStream, sequence: int, frame: bytes, now: float) -> None:
         try:
             stream.push(sequence, frame, now)
         except Exception:
             _log.exception("voice receive: speaker %s failed; resetting it", stream.user_id)
             self._fail(stream)
 
-    def _fail(self, stream: SpeakerStream) -> None:
+    def _fail(self, stream: ReceiveStream) -> None:
         """Count what the broken stream still owed and replace it with a fresh one."""
         self._count[Outcome.INTERNAL_ERROR] += max(stream.uncounted, 0)
         stream.uncounted = 0

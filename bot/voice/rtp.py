@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from bot.voice.outcomes import Outcome
+from bot.audio.outcomes import Outcome
 
 RTP_VERSION = 2
 OPUS_PAYLOAD_TYPE = 0x78

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
 from nacl.exceptions import CryptoError
 
-from bot.voice.outcomes import Outcome
+from bot.audio.outcomes import Outcome
 from bot.voice.rtp import RtpHeader
 
 XCHACHA20 = "aead_xchacha20_poly1305_rtpsize"

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bot.audio.outcomes import Outcome
 from bot.voice.capture import CaptureWriter
 from bot.voice.hold import HeldPacket, UnmappedHold
-from bot.voice.outcomes import Outcome
 from bot.voice.receiver import OP_CLIENT_CONNECT, OP_SESSION_DESCRIPTION, OP_SPEAKING, VoiceReceiver
 from bot.voice.rtp import RtpHeader, parse_rtp
 

@@ -10,7 +10,7 @@ import discord.opus
 import numpy as np
 import pytest
 
-from bot.audio.mixer import OUT_FRAME_BYTES, SILENCE, Mixer, _soft_clip
+from bot.audio.mixer import OUT_FRAME_BYTES, SILENT_OUT_FRAME, Mixer, _soft_clip
 
 RATE_IN = 24_000
 RATE_OUT = 48_000
@@ -68,15 +68,15 @@ def test_a_tone_comes_out_at_48k_stereo_same_pitch_same_duration() -> None:
 def test_silence_when_nothing_is_queued_and_has_audio_follows_the_tail() -> None:
     mixer = Mixer()
     assert not mixer.has_audio()
-    assert mixer.read_frame() == SILENCE
+    assert mixer.read_frame() == SILENT_OUT_FRAME
     mixer.push(7, tone(500, 0.1))
     assert mixer.has_audio()
     frames = [mixer.read_frame() for _ in range(20)]
-    assert any(f != SILENCE for f in frames)
+    assert any(f != SILENT_OUT_FRAME for f in frames)
     while mixer.has_audio():  # the resampler's tail drains, then the mixer says so
         frames.append(mixer.read_frame())
         assert len(frames) < 100
-    assert mixer.read_frame() == SILENCE
+    assert mixer.read_frame() == SILENT_OUT_FRAME
 
 
 def test_two_speakers_sum_linearly() -> None:
@@ -167,7 +167,7 @@ def test_remove_discards_a_speaker() -> None:
     assert mixer.remove(3) == 0
     assert mixer.backlog_ms(3) == 0
     assert mixer.stats().speakers == 0
-    assert all(f == SILENCE for f in (mixer.read_frame() for _ in range(10)))
+    assert all(f == SILENT_OUT_FRAME for f in (mixer.read_frame() for _ in range(10)))
 
 
 def test_output_is_deterministic() -> None:

@@ -25,7 +25,7 @@ def test_full_scale_and_clipping() -> None:
 
 def test_no_other_scaling_constants_in_the_audio_paths() -> None:
     """The convention was written six times, two of them with 32767: now once."""
-    files = [ROOT / "bot/audiofile.py", ROOT / "bot/translate.py"]
+    files = [ROOT / "bot/audiofile.py", ROOT / "bot/translate_file.py"]
     for folder in ("bot/audio", "bot/localrt", "bot/voice"):
         files += sorted((ROOT / folder).rglob("*.py"))
     offenders = []

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 RATE = 24_000
-FRAME_BYTES = 9600
+ENGINE_FRAME_BYTES = 9600
 
 SENTENCES = [
     "Where is the train station?",

@@ -23,7 +23,7 @@ from bot.localrt.engines.tts import EspeakSynthesizer
 from bot.localrt.languages import format_table
 from bot.localrt.server import LANGUAGES_PATH, LocalRTServer, languages_document
 from tests.localrt.conftest import API_KEY
-from tests.localrt.speech import FRAME_BYTES, SENTENCES, require_tools, utterance
+from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, require_tools, utterance
 
 SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -152,8 +152,8 @@ async def test_a_hung_apertium_loses_one_segment_not_the_session(server, engines
     async with connect(f"{server.url}/v1/realtime/translations", additional_headers=AUTH) as ws:
         assert (await _recv(ws)).type == "session.created"
         audio = utterance(SENTENCES[0])
-        for i in range(0, len(audio), FRAME_BYTES):
-            chunk = base64.b64encode(audio[i : i + FRAME_BYTES]).decode()
+        for i in range(0, len(audio), ENGINE_FRAME_BYTES):
+            chunk = base64.b64encode(audio[i : i + ENGINE_FRAME_BYTES]).decode()
             await ws.send(json.dumps({"type": "session.input_audio_buffer.append", "audio": chunk}))
         while True:
             event = await _recv(ws)
@@ -162,8 +162,8 @@ async def test_a_hung_apertium_loses_one_segment_not_the_session(server, engines
         assert event.error.code == "engine_failed" and "apertium did not finish" in event.error.message
         marker.unlink()  # apertium works again: the same session goes on translating
         audio = utterance(SENTENCES[0])
-        for i in range(0, len(audio), FRAME_BYTES):
-            chunk = base64.b64encode(audio[i : i + FRAME_BYTES]).decode()
+        for i in range(0, len(audio), ENGINE_FRAME_BYTES):
+            chunk = base64.b64encode(audio[i : i + ENGINE_FRAME_BYTES]).decode()
             await ws.send(json.dumps({"type": "session.input_audio_buffer.append", "audio": chunk}))
         await ws.send(json.dumps({"type": "session.close"}))
         events = []

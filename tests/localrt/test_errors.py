@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.localrt.conftest import API_KEY
-from tests.localrt.speech import FRAME_BYTES, SENTENCES, utterance
+from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, utterance
 
 SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -42,8 +42,8 @@ async def expect_error(ws, code: str, param: str | None = None, event_id: str | 
 
 
 async def speak_and_close(ws, audio: bytes) -> list:
-    for i in range(0, len(audio), FRAME_BYTES):
-        chunk = base64.b64encode(audio[i : i + FRAME_BYTES]).decode()
+    for i in range(0, len(audio), ENGINE_FRAME_BYTES):
+        chunk = base64.b64encode(audio[i : i + ENGINE_FRAME_BYTES]).decode()
         await ws.send(json.dumps({"type": "session.input_audio_buffer.append", "audio": chunk}))
     await ws.send(json.dumps({"type": "session.close"}))
     events = []
@@ -125,8 +125,8 @@ async def test_output_language_changes_live(server):
 
 async def speak_segment(ws, audio: bytes) -> str:
     """Send one sentence and wait for its translated text (the session stays open)."""
-    for i in range(0, len(audio), FRAME_BYTES):
-        await ws.send(append(base64.b64encode(audio[i : i + FRAME_BYTES]).decode()))
+    for i in range(0, len(audio), ENGINE_FRAME_BYTES):
+        await ws.send(append(base64.b64encode(audio[i : i + ENGINE_FRAME_BYTES]).decode()))
     while True:
         event = await recv(ws)
         if event.type == "session.output_transcript.delta":

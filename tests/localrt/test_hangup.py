@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.server import LocalRTServer
 from tests.localrt.conftest import API_KEY
-from tests.localrt.speech import FRAME_BYTES, SENTENCES, utterance
+from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, utterance
 from tests.localrt.test_concurrency import LONG, GatedRecognizer
 
 
@@ -31,8 +31,8 @@ async def test_a_client_that_hangs_up_under_back_pressure_does_not_hang_the_serv
         assert json.loads(await ws.recv())["type"] == "session.created"
 
         async def push() -> None:
-            for i in range(0, len(audio), FRAME_BYTES):
-                chunk = base64.b64encode(audio[i : i + FRAME_BYTES]).decode()
+            for i in range(0, len(audio), ENGINE_FRAME_BYTES):
+                chunk = base64.b64encode(audio[i : i + ENGINE_FRAME_BYTES]).decode()
                 await ws.send(json.dumps({"type": "session.input_audio_buffer.append", "audio": chunk}))
 
         pusher = asyncio.create_task(push())

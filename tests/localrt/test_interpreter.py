@@ -8,7 +8,7 @@ from bot.localrt.config import LocalRTConfig
 from bot.localrt.engines.asr import Transcript
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.engines.mt import RoutedTranslator
-from bot.localrt.interpreter import Failure, Interpreter, Settings, SourceText, TargetAudio, TargetText
+from bot.localrt.interpreter import Failure, Interpreter, SessionRequest, SourceText, TargetAudio, TargetText
 
 FRAME = 9600
 
@@ -86,7 +86,7 @@ def test_partials_then_final_are_append_only_and_timed():
 
     interp, asr = make(script)
     # partial decodes at 1.4 s, 2.4 s, 3.4 s of segment audio; the final one after 400 ms of silence
-    out = run(interp, "." + "s" * 17 + "...", Settings("xx", transcribe=True))
+    out = run(interp, "." + "s" * 17 + "...", SessionRequest("xx", transcribe=True))
     source = [o for o in out if isinstance(o, SourceText)]
     assert [s.delta for s in source] == ["hello there", " my friend", " today."]
     assert all(s.elapsed_ms % 200 == 0 for s in source)
@@ -108,7 +108,7 @@ def test_a_contradicting_final_decode_continues_the_sent_text():
         return "the quick brown fox" if seconds < 2.5 else "a quick brown box jumps."
 
     interp, asr = make(script)
-    out = run(interp, "s" * 12 + "...", Settings("xx", transcribe=True))
+    out = run(interp, "s" * 12 + "...", SessionRequest("xx", transcribe=True))
     src = "".join(o.delta for o in out if isinstance(o, SourceText))
     assert src == "the quick brown fox jumps."
     assert asr.calls[-1][1] == "the quick brown fox"
@@ -117,7 +117,7 @@ def test_a_contradicting_final_decode_continues_the_sent_text():
 
 def test_no_transcription_means_no_partials_and_no_source_text():
     interp, asr = make(lambda s, p: "one two three", early=False)
-    out = run(interp, "s" * 12 + "...", Settings("xx", transcribe=False))
+    out = run(interp, "s" * 12 + "...", SessionRequest("xx", transcribe=False))
     assert not [o for o in out if isinstance(o, SourceText)]
     assert len(asr.calls) == 1  # only the final decode
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["ONE TWO THREE"]
@@ -125,44 +125,44 @@ def test_no_transcription_means_no_partials_and_no_source_text():
 
 def test_second_segment_delta_starts_with_a_space_and_language_is_per_call():
     interp, _ = make(lambda s, p: "hi")
-    out = run(interp, "sss...", Settings("xx", transcribe=False))
-    out += run(interp, "sss...", Settings("en", transcribe=False))
+    out = run(interp, "sss...", SessionRequest("xx", transcribe=False))
+    out += run(interp, "sss...", SessionRequest("en", transcribe=False))
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["HI", " hi"]
 
 
 def test_finish_flushes_an_open_segment_and_noise_blips_are_dropped():
     interp, asr = make(lambda s, p: "bye", min_speech_ms=600)
-    out = run(interp, "s...", Settings("xx", transcribe=False))  # 200 ms blip: dropped, not decoded
+    out = run(interp, "s...", SessionRequest("xx", transcribe=False))  # 200 ms blip: dropped, not decoded
     assert out == [] and asr.calls == []
-    out = run(interp, "sssss", Settings("xx", transcribe=False))
+    out = run(interp, "sssss", SessionRequest("xx", transcribe=False))
     assert not [o for o in out if isinstance(o, TargetText)]
-    out = interp.finish(Settings("xx", transcribe=False))
+    out = interp.finish(SessionRequest("xx", transcribe=False))
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["BYE"]
 
 
 def test_unroutable_language_is_a_failure_not_a_crash():
     interp, _ = make(lambda s, p: "hello")
-    out = run(interp, "sss...", Settings("de", transcribe=False))
+    out = run(interp, "sss...", SessionRequest("de", transcribe=False))
     assert [type(o) for o in out] == [Failure] and out[0].code == "unsupported_language"
-    out = run(interp, "sss...", Settings("xx", transcribe=False))
+    out = run(interp, "sss...", SessionRequest("xx", transcribe=False))
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["HELLO"]
 
 
 def test_final_decode_runs_one_frame_early_and_is_discarded_if_speech_resumes():
     # (the resampler's few ms of delay make the first silent frame after speech still count as speech)
     interp, asr = make(lambda s, p: f"{s:.1f} seconds", early=False)
-    out = run(interp, "sss...", Settings("xx", transcribe=False))
+    out = run(interp, "sss...", SessionRequest("xx", transcribe=False))
     # decoded at the first frame of silence (5 frames = 1.0 s), reused when the next one ended it
     assert asr.calls == [(1.0, None)]
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["1.0 SECONDS"]
 
     interp, asr = make(lambda s, p: f"{s:.1f} seconds", early=False)
-    out = run(interp, "sss..ss...", Settings("xx", transcribe=False))
+    out = run(interp, "sss..ss...", SessionRequest("xx", transcribe=False))
     assert asr.calls == [(1.0, None), (1.8, None)]  # the early decode went stale when speech resumed
     assert [o.delta for o in out if isinstance(o, TargetText)] == ["1.8 SECONDS"]
 
     interp, asr = make(lambda s, p: f"{s:.1f} seconds", early=False)
-    interp.process(frames("sss..."), Settings("xx", transcribe=False))  # all at hand: no early decode
+    interp.process(frames("sss..."), SessionRequest("xx", transcribe=False))  # all at hand: no early decode
     assert asr.calls == [(1.2, None)]
 
 
@@ -177,7 +177,7 @@ def test_a_stable_sentence_is_translated_before_the_pause():
     interp, _ = make(script)
     out = []
     for i, f in enumerate(frames("s" * 14 + "...")):
-        out += [(i, o) for o in interp.process([f], Settings("xx", transcribe=False))]
+        out += [(i, o) for o in interp.process([f], SessionRequest("xx", transcribe=False))]
     texts = [(i, o.delta) for i, o in out if isinstance(o, TargetText)]
     # the first sentence went out mid-segment (at the second partial), the rest after the pause
     assert texts[0][1] == "GOOD MORNING." and texts[0][0] < 14

@@ -12,7 +12,7 @@ from openai.types.realtime import RealtimeTranslationServerEvent
 from pydantic import TypeAdapter
 
 from tests.localrt.conftest import API_KEY
-from tests.localrt.speech import FRAME_BYTES, SENTENCES, speech, utterance
+from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, speech, utterance
 
 SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
 
@@ -64,7 +64,7 @@ async def test_english_speech_becomes_spanish_speech_and_text(server):
     assert {(e.sample_rate, e.channels, e.format) for e in audio_events} == {(24000, 1, "pcm16")}
     elapsed = [e.elapsed_ms for e in audio_events]
     assert all(ms % 200 == 0 for ms in elapsed) and elapsed == sorted(elapsed)
-    assert max(elapsed) <= len(audio) // FRAME_BYTES * 200 + 200
+    assert max(elapsed) <= len(audio) // ENGINE_FRAME_BYTES * 200 + 200
     pcm = np.frombuffer(b"".join(base64.b64decode(e.delta) for e in audio_events), dtype="<i2")
     # The audio is the Spanish text spoken: about as long as espeak-ng saying that text in Spanish.
     expected = len(speech(target.strip(), voice="es", wpm=165)) // 2
@@ -73,7 +73,7 @@ async def test_english_speech_becomes_spanish_speech_and_text(server):
 
 
 async def test_without_transcription_no_source_text_is_sent(server):
-    events = await run_sdk_session(server.url, utterance(SENTENCES[0]), chunk=FRAME_BYTES, update=None)
+    events = await run_sdk_session(server.url, utterance(SENTENCES[0]), chunk=ENGINE_FRAME_BYTES, update=None)
     kinds = [e.type for e in events]
     assert kinds[0] == "session.created" and kinds[-1] == "session.closed"
     assert "session.input_transcript.delta" not in kinds

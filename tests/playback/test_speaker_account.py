@@ -8,7 +8,7 @@ import discord
 import pytest
 from pydantic import SecretStr
 
-from bot.audio.mixer import SILENCE, Mixer
+from bot.audio.mixer import SILENT_OUT_FRAME, Mixer
 from bot.playback.source import MixerSource
 from bot.playback.speaker_account import PlaybackError, SpeakerAccount, speaker_intents
 
@@ -96,7 +96,7 @@ async def test_play_connects_deafened_and_plays_the_mix_then_stop_leaves() -> No
     source = voice.play.call_args.args[0]
     assert isinstance(source, MixerSource) and source.mixer is mixer
     assert not source.is_opus()
-    assert source.read() == SILENCE  # a quiet room plays silence, never b"" (which would end the player)
+    assert source.read() == SILENT_OUT_FRAME  # a quiet room plays silence, never b"" (which would end the player)
 
     guild.voice_client = voice
     voice.disconnect = AsyncMock()

@@ -6,7 +6,7 @@ import nacl.bindings
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bot.voice.outcomes import Outcome
+from bot.audio.outcomes import Outcome
 from bot.voice.rtp import RtpHeader, parse_rtp
 from bot.voice.transport import AES256_GCM, XCHACHA20, TransportDecryptor
 from tests.voice.peers import SECRET_KEY, DiscordPeer

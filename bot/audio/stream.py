@@ -1,6 +1,6 @@
 """One member's audio path: jitter buffer → Opus decode (FEC/PLC) → 48→24 kHz → 20 ms frames.
 
-Every packet handed to :meth:`SpeakerStream.push` is counted exactly once, when its fate is known;
+Every packet handed to :meth:`ReceiveStream.push` is counted exactly once, when its fate is known;
 ``uncounted`` is how many are still buffered or in flight (the receiver's accounting relies on it).
 """
 
@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from bot.audio.jitter import ACCEPTED, DUPLICATE, JitterBuffer
 from bot.audio.opus import SILENCE_FRAME, OpusDecoder, packet_has_silk
+from bot.audio.outcomes import Outcome
 from bot.audio.resample import Downsampler
 from bot.audio.sink import FrameSink
-from bot.voice.outcomes import Outcome
 
 FRAME_SECONDS = 0.02
 LOST = b""  # jitter slot of a frame that arrived but could not be decrypted
@@ -24,7 +24,7 @@ STAT_OUT = "frames_out"
 STAT_STREAMS = "streams"
 
 
-class SpeakerStream:
+class ReceiveStream:
     """Decoding state of one member; not thread-safe (the receive worker owns it)."""
 
     __slots__ = (

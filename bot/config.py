@@ -124,7 +124,7 @@ class Secrets(BaseModel):
 class Settings(_Section):
     # openai | openai-realtime | local | a ws:// or wss:// URL of a server speaking either protocol
     backend: str = "openai"
-    target_language: str = "en"
+    target_language: str = "es"  # shows something with every backend, the English-only offline one included
     models: ModelsConfig = ModelsConfig()
     audio: AudioConfig = AudioConfig()
     session: SessionConfig = SessionConfig()

@@ -433,7 +433,7 @@ async def test_status_without_and_with_a_room(bot: commands.Bot, rooms: FakeRoom
     await store.add_spend(GUILD, 1.25)
     ia = FakeInteraction(FakeGuild())
     await run(bot, "status", ia)
-    assert say.NOT_RUNNING in ia.reply and "$1.25 of $5.00" in ia.reply and "en (server default)" in ia.reply
+    assert say.NOT_RUNNING in ia.reply and "$1.25 of $5.00" in ia.reply and "es (server default)" in ia.reply
 
     await store.set_opt_out(GUILD, ME, True)
     rooms.rooms[GUILD] = RoomStatus(

@@ -80,7 +80,7 @@ async def test_language_change_reaches_the_running_session(env: Stack) -> None:
     alice = await env.person(room, "Alice", room.source)
     await env.command(room, alice.user, "join", {"caption_channel": room.captions})
     await alice.speak(env.wavs["morning"])
-    await until(lambda: any("(→ en)" in c for c in env.captions(room)), 30, "an English caption first")
+    await until(lambda: any("(→ es)" in c for c in env.captions(room)), 30, "a caption in the default language first")
     reply = await env.command(room, alice.user, "language", {"code": "eo"})
     assert "Esperanto" in reply.content, reply.content
     await asyncio.sleep(0.5)

@@ -65,6 +65,9 @@ class VoiceJoin(Protocol):
 class Playback(Protocol):
     async def play(self, guild_id: int, channel_id: int, mixer: Mixer) -> None: ...
     async def stop(self, guild_id: int) -> None: ...
+    def problem_in(self, guild_id: int) -> str | None:
+        """Why translations are not being played in this guild now (player failing, voice connection lost)."""
+        ...
 
 
 class Captions(Protocol):
@@ -113,6 +116,7 @@ class RoomManager:
         self._open_sessions = 0
         self._spend_today: dict[int, tuple[dt.date, float]] = {}
         self._lock = asyncio.Lock()
+        self._closing = False  # shutting down: no new rooms
         self._languages: dict[str, bool] = {}  # target language → the backend accepted it
         self._listing: tuple[float, frozenset[str] | None] | None = None  # (when asked, what the backend listed)
         self._leased: dict[int, set[TranslationSession]] = {}  # guild → its sessions holding a slot
@@ -127,6 +131,8 @@ class RoomManager:
     async def join(
         self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None
     ) -> RoomStatus:
+        if self._closing:
+            raise PipelineError("Parley is shutting down; try again in a minute.")
         async with self._lock:
             running = self._rooms.get(guild_id)
             if running is not None:
@@ -228,7 +234,10 @@ class RoomManager:
             return None
         status = running.room.status()
         source = running.link.channel_id() or status.source_channel_id  # moved by a moderator: it follows
-        return dataclasses.replace(status, source_channel_id=source, usd_today=self._spent_today(guild_id))
+        playing = self._playback.problem_in(guild_id) if self._playback is not None else None
+        problem = status.problem or (f"translated audio is not being played: {playing}" if playing else None)
+        return dataclasses.replace(status, source_channel_id=source, usd_today=self._spent_today(guild_id),
+                                   problem=problem)
 
     async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
         await self.check_language(language)  # before anything is saved: a language the backend can't serve
@@ -352,6 +361,8 @@ class RoomManager:
                 joining.discard(user_id)
 
     async def close(self) -> None:
+        """Shutdown: no new rooms from now on; every room closes with its last words; spend is saved."""
+        self._closing = True
         for guild_id in list(self._rooms):
             with contextlib.suppress(Exception):
                 await self.leave(guild_id)

@@ -110,6 +110,9 @@ class SpeakerAccount:
         self.problem.pop(guild_id, None)
         voice.play(source, after=lambda error: self._ended(guild_id, source, error))
 
+    def problem_in(self, guild_id: int) -> str | None:
+        return self.problem.get(guild_id)
+
     async def stop(self, guild_id: int) -> None:
         """Stop playing in `guild_id` and leave its voice channel (nothing to do if not there)."""
         source = self._sources.pop(guild_id, None)
@@ -151,10 +154,12 @@ class SpeakerAccount:
         await asyncio.sleep(min(0.25 * 2 ** (deaths - 1), 5.0))
         guild = self.client.get_guild(guild_id)
         voice = guild.voice_client if guild is not None else None
-        if self._sources.get(guild_id) is not source or not isinstance(voice, discord.VoiceClient):
-            return  # stopped meanwhile, or no longer connected
-        if not voice.is_connected():
-            self.problem[guild_id] = "the speaker account lost its voice connection"
+        if self._sources.get(guild_id) is not source:
+            return  # stopped or replaced on purpose meanwhile
+        if not isinstance(voice, discord.VoiceClient) or not voice.is_connected():
+            self.problem[guild_id] = "the speaker account was disconnected from the output channel"
+            log.warning("guild %s: the speaker account was disconnected from voice; translations are not played",
+                        guild_id)
             return
         self.restarts += 1
         self._start_player(guild_id, voice, source.mixer)

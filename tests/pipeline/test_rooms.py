@@ -45,6 +45,10 @@ class FakeVoice:
 class FakePlayback:
     def __init__(self) -> None:
         self.mixers: dict[int, object] = {}
+        self.problems: dict[int, str] = {}
+
+    def problem_in(self, guild_id: int) -> str | None:
+        return self.problems.get(guild_id)
 
     async def play(self, guild_id: int, channel_id: int, mixer) -> None:
         self.mixers[guild_id] = mixer
@@ -430,3 +434,17 @@ async def test_the_capture_exclusion_follows_opt_outs_live(store: Store) -> None
         await rooms.set_opt_out(1, 7, False)
         assert not voice.exclude(7)
         await rooms.leave(1)
+
+
+async def test_playback_trouble_shows_in_status_and_shutdown_takes_no_new_rooms(store: Store) -> None:
+    async with Peer() as peer:
+        rooms, _, playback, _ = manager(peer, store)
+        await rooms.join(1, 100, 200, None)
+        assert rooms.status(1).problem is None
+        playback.problems[1] = "the speaker account lost its voice connection"
+        problem = rooms.status(1).problem
+        assert problem is not None and "not being played" in problem and "lost its voice connection" in problem
+        await rooms.close()
+        assert rooms.status(1) is None
+        with pytest.raises(PipelineError, match="shutting down"):
+            await rooms.join(2, 100, 200, None)

@@ -63,7 +63,11 @@ async def test_a_dead_player_is_restarted_and_the_mix_is_heard_again(tmp_path: P
             await until(lambda: loud_seconds(carol.heard(bot.id)) > heard_before + 0.8, 10,
                         "the second tone after the restart")
             assert account.restarts == 1
-            assert guild.id not in account.problem
+            assert account.problem_in(guild.id) is None
+            # A moderator disconnects the speaker account: that is said (status shows it), not retried forever.
+            await sb.move(guild, bot, None)
+            await until(lambda: account.problem_in(guild.id), 10, "the lost connection to be reported")
+            assert "disconnected" in account.problem_in(guild.id)
         finally:
             await carol.close()
             await account.close()

@@ -32,6 +32,14 @@ from bot.store import Store
 log = logging.getLogger("parley.pipeline")
 
 
+async def _logged(guild_id: int, what: str, step: Awaitable[None]) -> None:
+    """A cleanup step that must not stop the next one, and whose failure is still heard (logged once)."""
+    try:
+        await step
+    except Exception as e:
+        log.warning("room %s: %s failed: %r", guild_id, what, e)
+
+
 def _today() -> dt.date:
     """The ledger's day, in UTC like the Store's."""
     return dt.datetime.now(dt.UTC).date()
@@ -208,14 +216,11 @@ class RoomManager:
             for task in running.notices:
                 task.cancel()
             if self._playback is not None:
-                with contextlib.suppress(Exception):
-                    await self._playback.stop(guild_id)
+                await _logged(guild_id, "stopping playback", self._playback.stop(guild_id))
             if self._captions is not None:
-                with contextlib.suppress(Exception):
-                    await self._captions.close(guild_id)
+                await _logged(guild_id, "closing the captions", self._captions.close(guild_id))
             if not running.link.ended.is_set():
-                with contextlib.suppress(Exception):
-                    await running.link.disconnect()
+                await _logged(guild_id, "leaving voice", running.link.disconnect())
 
     async def _watch_voice(self, guild_id: int, running: _Running) -> None:
         """The listener's voice connection ended under a running room (kicked, channel deleted): close it."""

@@ -32,7 +32,7 @@ def speaker_intents() -> discord.Intents:
 
 
 class SpeakerAccount:
-    def __init__(self, client: discord.Client | None = None, *, connect_timeout: float = 30.0,
+    def __init__(self, client: discord.Client | None = None, *, connect_timeout: float = 10.0,
                  max_restarts: int = 5) -> None:
         self.client = client if client is not None else discord.Client(intents=speaker_intents())
         self.connect_timeout = connect_timeout
@@ -90,13 +90,26 @@ class SpeakerAccount:
         if not (perms.connect and perms.speak):
             raise PlaybackError(f"The speaker account needs Connect and Speak in {channel.mention}.")
         voice = guild.voice_client
-        try:
-            if not isinstance(voice, discord.VoiceClient):
-                voice = await channel.connect(cls=VoiceClient, timeout=self.connect_timeout, self_deaf=True)
-            elif voice.channel.id != channel_id:
-                await voice.move_to(channel, timeout=self.connect_timeout)
-        except (TimeoutError, discord.ClientException, discord.ConnectionClosed) as exc:
-            raise PlaybackError(f"The speaker account could not join {channel.mention}: {exc}") from exc
+        for attempt in (1, 2):  # a first voice join after start-up was seen to get no answer: one more try
+            try:
+                if not isinstance(voice, discord.VoiceClient):
+                    voice = await channel.connect(cls=VoiceClient, timeout=self.connect_timeout, self_deaf=True)
+                elif voice.channel.id != channel_id:
+                    await voice.move_to(channel, timeout=self.connect_timeout)
+                break
+            except TimeoutError as exc:
+                stale = guild.voice_client
+                if stale is not None:
+                    with contextlib.suppress(Exception):
+                        await stale.disconnect(force=True)
+                voice = None
+                if attempt == 2:
+                    raise PlaybackError(f"The speaker account could not join {channel.mention}: Discord did not "
+                                        "answer in time") from exc
+                log.warning("guild %s: the speaker account's voice join timed out; trying once more", guild_id)
+            except (discord.ClientException, discord.ConnectionClosed) as exc:
+                raise PlaybackError(f"The speaker account could not join {channel.mention}: {exc}") from exc
+        assert isinstance(voice, discord.VoiceClient)
         old = self._sources.pop(guild_id, None)
         if old is not None:
             old.close()

@@ -157,7 +157,7 @@ class Stack:
         return member
 
     async def command(self, room: Room, who: User, sub: str, options: dict[str, Any] | None = None,
-                      timeout: float = 20.0) -> Message:
+                      timeout: float = 45.0) -> Message:
         it: Interaction = await self.sb.command(room.guild, who, self.listener, sub, options or {})
         return await self.sb.reply(it, timeout)
 

@@ -575,8 +575,7 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
         except Exception as e:  # discord.ClientException, timeouts, a closed connection
             stale = guild.voice_client  # a failed connect must leave nothing behind for the next join
             if stale is not None:
-                with contextlib.suppress(Exception):
-                    await stale.disconnect(force=True)
+                await _logged(guild_id, "dropping a half-made voice connection", stale.disconnect(force=True))
             reason = "Discord did not answer in time" if isinstance(e, TimeoutError) else str(e)
             raise PipelineError(f"I couldn't join {channel.mention}: {reason}") from None
 

@@ -100,8 +100,10 @@ class SpeakerAccount:
             except TimeoutError as exc:
                 stale = guild.voice_client
                 if stale is not None:
-                    with contextlib.suppress(Exception):
+                    try:
                         await stale.disconnect(force=True)
+                    except Exception as e:  # the retry goes on; the failure is still heard
+                        log.warning("guild %s: dropping a half-made voice connection failed: %r", guild_id, e)
                 voice = None
                 if attempt == 2:
                     raise PlaybackError(f"The speaker account could not join {channel.mention}: Discord did not "

@@ -49,6 +49,10 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX members_opted_out ON members (guild_id) WHERE opted_out = 1;
     """,
+    # 2 → 3: the language a member speaks (skips language identification; same-language speech is not translated)
+    """
+    ALTER TABLE members ADD COLUMN speaks TEXT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -64,6 +68,7 @@ class MemberPrefs:
     target_language: str | None = None  # None: the configured default target_language applies
     opted_out: bool = False
     updated_at: datetime | None = None  # None: never set
+    speaks: str | None = None  # the language the member speaks; None: identified from their speech
 
     def language_or(self, default: str) -> str:
         return self.target_language or default
@@ -123,18 +128,36 @@ class Store:
     async def member(self, guild_id: int, user_id: int) -> MemberPrefs:
         def read(c: sqlite3.Connection) -> MemberPrefs:
             row = c.execute(
-                "SELECT target_language, opted_out, updated_at FROM members WHERE guild_id = ? AND user_id = ?",
+                "SELECT target_language, opted_out, updated_at, speaks FROM members WHERE guild_id = ? AND user_id = ?",
                 (guild_id, user_id),
             ).fetchone()
             if row is None:
                 return MemberPrefs(guild_id, user_id)
-            return MemberPrefs(guild_id, user_id, row[0], bool(row[1]), _when(row[2]))
+            return MemberPrefs(guild_id, user_id, row[0], bool(row[1]), _when(row[2]), row[3])
 
         return await self._run(read)
 
     async def set_language(self, guild_id: int, user_id: int, language: str | None) -> None:
         """None clears the member's choice (the configured default applies again). Validation is the caller's."""
         await self._upsert_member(guild_id, user_id, "target_language", language)
+
+    async def set_speaks(self, guild_id: int, user_id: int, language: str | None) -> None:
+        """The language the member speaks; None clears it (their language is identified from speech again)."""
+        await self._upsert_member(guild_id, user_id, "speaks", language)
+
+    async def guild_languages(self, guild_id: int) -> set[str]:
+        """Every language members of the guild chose to hear or said they speak: the candidates when a
+        backend identifies a speaker's language."""
+
+        def read(c: sqlite3.Connection) -> set[str]:
+            rows = c.execute(
+                "SELECT target_language FROM members WHERE guild_id = ? AND target_language IS NOT NULL "
+                "UNION SELECT speaks FROM members WHERE guild_id = ? AND speaks IS NOT NULL",
+                (guild_id, guild_id),
+            )
+            return {r[0] for r in rows}
+
+        return await self._run(read)
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         await self._upsert_member(guild_id, user_id, "opted_out", int(opted_out))
@@ -147,7 +170,7 @@ class Store:
         return await self._run(read)
 
     async def _upsert_member(self, guild_id: int, user_id: int, column: str, value: object) -> None:
-        assert column in ("target_language", "opted_out")  # a fixed name, never user input
+        assert column in ("target_language", "opted_out", "speaks")  # a fixed name, never user input
         sql = (
             f"INSERT INTO members (guild_id, user_id, {column}, updated_at) VALUES (?, ?, ?, ?) "
             f"ON CONFLICT (guild_id, user_id) DO UPDATE SET {column} = excluded.{column}, "

@@ -11,7 +11,8 @@ JOIN_OUTPUT = "Voice channel where the translations are spoken (remembered for n
 JOIN_CAPTIONS = "Text channel for captions (remembered for next time)"
 LEAVE = "Stop interpreting in this server"
 LANGUAGE = "Choose the language your speech is translated into"
-LANGUAGE_CODE = "A language code such as es, fr or pt-BR (or its name)"
+LANGUAGE_CODE = "The language you hear: a code such as es, fr or pt-BR (or its name)"
+LANGUAGE_SPEAKS = "The language you speak (otherwise it is recognised from your speech)"
 STATUS = "What Parley is doing in this server"
 OPTOUT = "Keep your voice out of translation (never sent anywhere)"
 OPTOUT_ENABLED = "True: opt out (the default). False: opt back in"
@@ -35,6 +36,10 @@ GUILD_ONLY = "These commands work in a server, not in direct messages."
 # -- confirmations ----------------------------------------------------------------------------------
 LEFT = "Stopped. Every session is closed and I've left the voice channels."
 LANGUAGE_SET = "Your speech will be translated into {language}."
+SPEAKS_SET = "You speak {language}: speech in the language you hear is not translated."
+LANGUAGE_NOTHING = (
+    "Give `code` (the language your speech is translated into), `speaks` (the language you speak), or both."
+)
 OPTED_OUT = (
     "You're opted out: your voice is never sent for translation in this server. "
     "`/translate optout enabled:False` undoes it."
@@ -144,6 +149,7 @@ def cost(usd: float, budget_usd: float | None) -> str:
     return f"${usd:.2f}" + (f" of ${budget_usd:.2f} budget" if budget_usd is not None else "")
 
 
-def you(language: str, opted_out: bool, default: bool) -> str:
+def you(language: str, opted_out: bool, default: bool, speaks: str | None = None) -> str:
     lang = f"{language} (server default)" if default else language
-    return f"You: {'opted out' if opted_out else 'translated into ' + lang}."
+    spoken = f"; you speak {speaks}" if speaks else ""
+    return f"You: {'opted out' if opted_out else 'translated into ' + lang}{spoken}."

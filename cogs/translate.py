@@ -168,24 +168,38 @@ class TranslateCog(commands.Cog):
     # -- member preferences ---------------------------------------------------------------------
 
     @translate.command(name="language", description=say.LANGUAGE)
-    @app_commands.describe(code=say.LANGUAGE_CODE)
-    async def language(self, interaction: discord.Interaction, code: str) -> None:
+    @app_commands.describe(code=say.LANGUAGE_CODE, speaks=say.LANGUAGE_SPEAKS)
+    async def language(
+        self, interaction: discord.Interaction, code: str | None = None, speaks: str | None = None
+    ) -> None:
         if interaction.guild is None:
             return await self._reply(interaction, say.GUILD_ONLY)
-        tag = parse_language(code)
-        if tag is None:
-            return await self._reply(interaction, say.BAD_LANGUAGE.format(code=code.strip().replace("`", "")[:20]))
+        if code is None and speaks is None:
+            return await self._reply(interaction, say.LANGUAGE_NOTHING)
+        tag = parse_language(code) if code is not None else None
+        spoken = parse_language(speaks) if speaks is not None else None
+        for raw, parsed in ((code, tag), (speaks, spoken)):
+            if raw is not None and parsed is None:
+                return await self._reply(interaction, say.BAD_LANGUAGE.format(code=raw.strip().replace("`", "")[:20]))
         gid, uid = interaction.guild.id, interaction.user.id
         await interaction.response.defer(ephemeral=True, thinking=True)  # a live session may restart
         try:
-            await self.rooms.set_language(gid, uid, tag)  # first: the backend may not speak it
-            await self.store.set_language(gid, uid, tag)
+            if tag is not None:
+                await self.rooms.set_language(gid, uid, tag)  # first: the backend may not speak it
+                await self.store.set_language(gid, uid, tag)
+            if spoken is not None:
+                await self.store.set_speaks(gid, uid, spoken)
         except PipelineError as e:
             return await self._reply(interaction, str(e))
         except StoreError:
             log.exception("store unavailable on language")
             return await self._reply(interaction, say.STORE_DOWN)
-        await self._reply(interaction, say.LANGUAGE_SET.format(language=say.language_label(tag, language_name(tag))))
+        lines = []
+        if tag is not None:
+            lines.append(say.LANGUAGE_SET.format(language=say.language_label(tag, language_name(tag))))
+        if spoken is not None:
+            lines.append(say.SPEAKS_SET.format(language=say.language_label(spoken, language_name(spoken))))
+        await self._reply(interaction, " ".join(lines))
 
     @language.autocomplete("code")
     async def language_autocomplete(
@@ -197,6 +211,12 @@ class TranslateCog(commands.Cog):
             log.exception("could not ask the backend for its languages")
             offered = None
         return language_choices(current, offered)
+
+    @language.autocomplete("speaks")
+    async def speaks_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return language_choices(current)
 
     @translate.command(name="optout", description=say.OPTOUT)
     @app_commands.describe(enabled=say.OPTOUT_ENABLED)
@@ -231,7 +251,9 @@ class TranslateCog(commands.Cog):
         except StoreError:
             log.exception("store unavailable on status")
             return await self._reply(interaction, say.STORE_DOWN)
-        you = say.you(me.language_or(self.settings.target_language), me.opted_out, me.target_language is None)
+        you = say.you(
+            me.language_or(self.settings.target_language), me.opted_out, me.target_language is None, me.speaks
+        )
         if room is None:
             budget = self.settings.caps.daily_budget_usd
             text = f"{say.NOT_RUNNING}\nCost today: {say.cost(spent, budget)}\n{you}"

@@ -31,6 +31,19 @@ async def test_member_round_trip_and_defaults(tmp_path: Path) -> None:
         assert (await store.member(G2, 1)).target_language is None  # per guild
 
 
+async def test_speaks_round_trip_and_guild_languages(tmp_path: Path) -> None:
+    async with await Store.open(tmp_path / "p.sqlite3") as store:
+        await store.set_speaks(G, 1, "es")
+        await store.set_language(G, 2, "fr")
+        await store.set_speaks(G2, 3, "ja")
+        assert (await store.member(G, 1)).speaks == "es"
+        assert (await store.member(G, 1)).target_language is None
+        assert await store.guild_languages(G) == {"es", "fr"}
+        await store.set_speaks(G, 1, None)
+        assert await store.guild_languages(G) == {"fr"}
+        assert await store.guild_languages(G2) == {"ja"}
+
+
 async def test_guild_channels_round_trip(tmp_path: Path) -> None:
     async with await Store.open(tmp_path / "p.sqlite3") as store:
         assert await store.guild(G) == GuildSettings(G)

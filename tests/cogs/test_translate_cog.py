@@ -205,14 +205,15 @@ async def test_registered_command_payloads(bot: commands.Bot) -> None:
     assert discord.ChannelType.text.value in join["caption_channel"]["channel_types"]
     assert not join["output_channel"]["required"] and not join["caption_channel"]["required"]
 
-    (code,) = subs["language"]["options"]
-    assert (code["name"], code["type"], code["required"], code["autocomplete"]) == (
-        "code", discord.AppCommandOptionType.string.value, True, True)
+    code, speaks = subs["language"]["options"]
+    assert [(o["name"], o["type"], o["required"], o["autocomplete"]) for o in (code, speaks)] == [
+        ("code", discord.AppCommandOptionType.string.value, False, True),
+        ("speaks", discord.AppCommandOptionType.string.value, False, True)]
     (enabled,) = subs["optout"]["options"]
     assert (enabled["name"], enabled["type"], enabled["required"]) == (
         "enabled", discord.AppCommandOptionType.boolean.value, False)
     assert subs["leave"]["options"] == [] and subs["status"]["options"] == []
-    assert all(0 < len(o["description"]) <= 100 for o in [*subs.values(), *join.values(), code, enabled])
+    assert all(0 < len(o["description"]) <= 100 for o in [*subs.values(), *join.values(), code, speaks, enabled])
 
 
 def test_language_parsing_and_autocomplete() -> None:
@@ -257,6 +258,35 @@ async def test_language_refused_by_the_pipeline_is_relayed_and_not_persisted(
     await run(bot, "language", ia, code="xh")
     assert ia.reply == "The local backend can't translate into Xhosa yet."
     assert (await store.member(GUILD, ME)).target_language is None
+
+
+async def test_speaks_alone_is_stored_and_keeps_the_target_language(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    await store.set_language(GUILD, ME, "de")
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "language", ia, speaks="Spanish")
+    assert "You speak Spanish — es" in ia.reply and "translated into" not in ia.reply
+    assert rooms.calls == []  # the target language did not change: no session restarts
+    me = await store.member(GUILD, ME)
+    assert (me.target_language, me.speaks) == ("de", "es")
+    status = FakeInteraction(FakeGuild())
+    await run(bot, "status", status)
+    assert "you speak es" in status.reply
+
+
+async def test_language_needs_code_or_speaks_and_checks_both(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "language", ia)
+    assert ia.reply == say.LANGUAGE_NOTHING
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "language", ia, code="fr", speaks="Zorbish")
+    assert "Zorbish" in ia.reply and "isn't a language I know" in ia.reply
+    assert rooms.calls == []  # nothing half-applied
+    me = await store.member(GUILD, ME)
+    assert (me.target_language, me.speaks) == (None, None)
 
 
 # -- optout ------------------------------------------------------------------------------------------

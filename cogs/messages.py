@@ -109,6 +109,8 @@ def status(
     you: str,
     problem: str | None = None,
     not_translated: list[tuple[str, str]] | None = None,
+    fastest_tempo: float = 1.0,
+    audio_dropped_s: float = 0.0,
 ) -> str:
     """`speakers` holds (mention, target language, connected) for each member being translated."""
     lines = [f"**Interpreting** {source} via {backend_label(backend)}."]
@@ -121,6 +123,8 @@ def status(
     else:
         lines.append("Speakers: nobody is talking right now.")
     lines.append(f"Opted out here: {opted_out}")
+    if fastest_tempo > 1.0 or audio_dropped_s > 0:
+        lines.append(catch_up(fastest_tempo, audio_dropped_s))
     lines.append(f"Cost today: {cost(usd_today, budget_usd)}")
     if problem:
         lines.append(f"⚠️ Last problem: {problem}")
@@ -129,6 +133,14 @@ def status(
         lines.extend(shown)
     lines.append(you)
     return "\n".join(lines)
+
+
+def catch_up(fastest_tempo: float, dropped_s: float) -> str:
+    """Translations run longer than speech: how the room kept up (faster playback, and what it still lost)."""
+    line = f"Catching up: translations played up to {fastest_tempo:.2f}× faster (same pitch)"
+    if dropped_s > 0:
+        line = f"⚠️ {line}; {dropped_s:.1f} s of translated audio dropped (speakers ran too far ahead)"
+    return line + "."
 
 
 def not_translated_lines(members: list[tuple[str, str]]) -> list[str]:

@@ -272,6 +272,8 @@ class TranslateCog(commands.Cog):
                 you=you,
                 problem=room.problem,
                 not_translated=[(f"<@{uid}>", why) for uid, why in room.not_translated],
+                fastest_tempo=room.fastest_tempo,
+                audio_dropped_s=room.audio_dropped_s,
             ),
         )
 

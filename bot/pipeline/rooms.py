@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from bot.audio.mixer import IN_RATE as MIXER_RATE
 from bot.audio.mixer import Mixer
 from bot.config import Endpoint, Settings
 from bot.pipeline.room import Room
@@ -162,7 +163,8 @@ class RoomManager:
                 link = await self._join_voice(guild_id, source_channel_id, exclude=opted_out.__contains__)
                 frames, disconnect = link.frames, link.disconnect
                 p = self.settings.playback
-                mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality)
+                mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality,
+                              max_tempo=p.max_tempo)
                 try:
                     if self._playback is not None and output_channel_id is not None:
                         await self._playback.play(guild_id, output_channel_id, mixer)
@@ -241,8 +243,10 @@ class RoomManager:
         source = running.link.channel_id() or status.source_channel_id  # moved by a moderator: it follows
         playing = self._playback.problem_in(guild_id) if self._playback is not None else None
         problem = status.problem or (f"translated audio is not being played: {playing}" if playing else None)
+        mixed = running.mixer.stats()
         return dataclasses.replace(status, source_channel_id=source, usd_today=self._spent_today(guild_id),
-                                   problem=problem)
+                                   problem=problem, fastest_tempo=mixed.max_tempo_used,
+                                   audio_dropped_s=mixed.samples_dropped / MIXER_RATE)
 
     async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
         await self.check_language(language)  # before anything is saved: a language the backend can't serve

@@ -48,6 +48,8 @@ class RoomStatus:
     usd_today: float = 0.0  # this server's spend today, the running sessions included
     problem: str | None = None  # the latest reason a member could not be translated (bad key, backend down)
     not_translated: list[tuple[int, str]] = field(default_factory=list)  # (member, reason), e.g. a refused language
+    fastest_tempo: float = 1.0  # translated audio was played up to this much faster to catch up (same pitch)
+    audio_dropped_s: float = 0.0  # translated audio dropped because a speaker fell behind even at max_tempo
 
 
 class RoomService(Protocol):

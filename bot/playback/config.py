@@ -18,6 +18,13 @@ class PlaybackConfig(BaseModel):
         le=60,
         description="Translated audio a speaker may have queued; older audio is dropped so the delay stays bounded.",
     )
+    max_tempo: float = Field(
+        default=1.35,
+        ge=1.0,
+        le=2.0,
+        description="A speaker falling behind (more than a third of max_backlog_s queued) is played faster, up to "
+        "this tempo, without changing pitch; only past max_backlog_s is audio dropped. 1.0: never faster.",
+    )
     prebuffer_ms: int = Field(
         default=40,
         ge=0,

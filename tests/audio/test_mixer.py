@@ -10,7 +10,7 @@ import discord.opus
 import numpy as np
 import pytest
 
-from bot.audio.mixer import OUT_FRAME_BYTES, SILENT_OUT_FRAME, Mixer, _soft_clip
+from bot.audio.mixer import DUCK_GAIN, OUT_FRAME_BYTES, SILENT_OUT_FRAME, Mixer, _soft_clip
 
 RATE_IN = 24_000
 RATE_OUT = 48_000
@@ -79,17 +79,25 @@ def test_silence_when_nothing_is_queued_and_has_audio_follows_the_tail() -> None
     assert mixer.read_frame() == SILENT_OUT_FRAME
 
 
-def test_two_speakers_sum_linearly() -> None:
-    a, b = tone(440, 0.6), tone(1250, 0.6)
+def test_overlapping_speakers_the_floor_holder_full_the_other_ducked() -> None:
+    """Policy: overlapping speakers are mixed; whoever was playing first holds the floor at full level, the one
+    talking over them is ducked by 6 dB (ramped, no click) until the floor is free, then back to full."""
+    a, b = tone(440, 0.6), tone(1250, 1.0)
     alone_a, alone_b, both = Mixer(), Mixer(), Mixer()
     alone_a.push(1, a)
-    alone_b.push(2, b)
     both.push(1, a)
+    read(both, 3)  # Alice has been playing for 60 ms when Bob starts
+    read(alone_a, 3)
+    alone_b.push(2, b)
     both.push(2, b)
-    xa, xb, xab = (read(m, 40)[:, 0].astype(np.int32) for m in (alone_a, alone_b, both))
-    assert np.abs(xab - (xa + xb)).max() <= 2  # rounding only: the sum is exact below the knee
-    assert band_level(xab.astype(np.float64), 440) > 0.8
-    assert band_level(xab.astype(np.float64), 1250) > 0.8
+    xa, xb, xab = (read(m, 60)[:, 0].astype(np.float64) for m in (alone_a, alone_b, both))
+    f = 960  # one 20 ms frame at 48 kHz; the resampler's delay is well under one
+    overlap = slice(4 * f, 24 * f)  # both talking (Alice has 0.6 s, Bob 1.0 s)
+    assert np.abs(xab[overlap] - (xa[overlap] + DUCK_GAIN * xb[overlap])).max() <= 3
+    after = slice(32 * f, 44 * f)  # Alice done: Bob holds the floor, at full level again
+    assert np.abs(xab[after] - xb[after]).max() <= 3
+    assert band_level(xab[overlap], 440) > 0.8  # both still audible
+    assert band_level(xab[overlap], 1250) > 0.4
 
 
 def test_loud_speakers_are_soft_clipped_never_wrapped() -> None:
@@ -236,7 +244,91 @@ def test_the_tone_survives_discord_py_opus_encode_and_decode() -> None:
         assert rms == pytest.approx(0.5 * 32767 / np.sqrt(2), rel=0.1)
 
 
-@pytest.mark.parametrize("bad", [{"max_backlog_s": 0}, {"prebuffer_ms": -1}])
+def voiced(seconds: float, f0: float = 180.0, amp: float = 0.25) -> bytes:
+    """A steady voiced sound (harmonics of f0): something with a pitch that a time-stretch must keep."""
+    t = np.arange(int(seconds * RATE_IN)) / RATE_IN
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+    return (amp / 2.3 * 32767 * x).astype(np.int16).tobytes()
+
+
+def run_continuous(mixer: Mixer, seconds: float, longer: float) -> tuple[np.ndarray, list[float]]:
+    """A speaker talking for `seconds` whose translation runs `longer` (0.3: 30 %) longer arrives in odd-sized
+    chunks as fast as it is produced, one push per 20 ms read; then the queue drains. Compressed time: reads
+    are not paced, so a minute takes a second or two. Returns the left channel and the backlog after each read."""
+    pcm = voiced(seconds * (1 + longer))
+    frames = int(seconds * 50)
+    per_frame = len(pcm) / frames
+    out, backlog = [], []
+    sent = 0
+    for i in range(frames):
+        upto = int(per_frame * (i + 1)) & ~1
+        mixer.push(1, pcm[sent:upto])
+        sent = upto
+        out.append(mixer.read_frame())
+        backlog.append(mixer.backlog_ms(1))
+    while mixer.has_audio():
+        out.append(mixer.read_frame())
+        assert len(out) < frames * 2
+    return np.frombuffer(b"".join(out), dtype=np.int16).reshape(-1, 2)[:, 0].astype(np.float64), backlog
+
+
+def test_a_continuous_minute_whose_translation_runs_30_percent_longer_loses_nothing() -> None:
+    mixer = Mixer()  # the defaults: 3 s bound, up to 1.35×
+    out, backlog = run_continuous(mixer, 60, 0.30)
+    stats = mixer.stats()
+    assert stats.samples_dropped == 0
+    assert stats.samples_mixed == int(60 * 1.3 * RATE_IN) & ~1  # every sample was played
+    assert 1.25 < stats.max_tempo_used <= 1.35
+    assert max(backlog) < 3000 * 0.8  # the delay settles below where the tempo is at its most
+    on = audible(out)
+    played = (on[-1] - on[0]) / RATE_OUT
+    assert 60 < played < 63  # 78 s of translation heard within the bound (3 s) of the minute it took to say
+    middle = out[30 * RATE_OUT : 31 * RATE_OUT]
+    assert peak_hz(middle) == pytest.approx(180, abs=3)  # faster, same pitch
+    assert stats.underruns == 0
+
+
+def test_without_catch_up_the_same_minute_drops_audio() -> None:
+    """The witness that the test above can fail: at 1× the 3 s bound overflows and the oldest audio goes."""
+    mixer = Mixer(max_tempo=1.0)
+    run_continuous(mixer, 60, 0.30)
+    assert mixer.stats().samples_dropped > 10 * RATE_IN
+    assert mixer.stats().max_tempo_used == 1.0
+
+
+def test_catch_up_only_when_falling_behind_and_beyond_max_tempo_drops_are_counted() -> None:
+    relaxed = Mixer()
+    run_continuous(relaxed, 10, 0.0)  # a translation no longer than the speech: played as it is
+    assert relaxed.stats().samples_sped_up == 0 and relaxed.stats().max_tempo_used == 1.0
+    overrun = Mixer()
+    run_continuous(overrun, 30, 0.6)  # 60 % longer: more than 1.35× can absorb
+    stats = overrun.stats()
+    assert stats.max_tempo_used == pytest.approx(1.35)
+    assert 0 < stats.samples_dropped < 0.3 * 30 * 1.6 * RATE_IN
+
+
+def test_a_burst_of_queued_audio_plays_faster_at_the_same_pitch_and_nothing_is_lost() -> None:
+    mixer = Mixer()
+    mixer.push(1, voiced(2.5, f0=220))  # a whole sentence at once (bot.localrt answers per sentence)
+    frames = []
+    while mixer.has_audio() or not frames:
+        frames.append(mixer.read_frame())
+    out = np.frombuffer(b"".join(frames), dtype=np.int16).reshape(-1, 2)[:, 0].astype(np.float64)
+    on = audible(out)
+    duration = (on[-1] - on[0]) / RATE_OUT
+    assert 2.0 < duration < 2.45  # sped up while more than 1 s was queued
+    assert peak_hz(out[on[0] + 4800 : on[0] + 4800 + RATE_OUT]) == pytest.approx(220, abs=3)
+    stats = mixer.stats()
+    assert stats.samples_dropped == 0 and stats.samples_mixed == int(2.5 * RATE_IN)
+    assert stats.samples_sped_up > 0
+    # The stretcher let go once the queue ran dry: the next short phrase is played as it is.
+    mixer.push(1, tone(1000, 0.3))
+    out2 = read(mixer, 25)[:, 0]
+    on2 = audible(out2)
+    assert (on2[-1] - on2[0]) / RATE_OUT == pytest.approx(0.3, abs=0.005)
+
+
+@pytest.mark.parametrize("bad", [{"max_backlog_s": 0}, {"prebuffer_ms": -1}, {"max_tempo": 0.9}, {"max_tempo": 3}])
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         Mixer(**bad)

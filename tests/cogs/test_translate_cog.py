@@ -526,3 +526,18 @@ async def test_join_reply_and_status_name_members_who_are_not_translated(
     await run(bot, "status", ia)
     assert "⚠️ <@12> not translated: an internal error (StoreError: locked)" in ia.reply
     assert f"⚠️ <@11> not translated: {reason}" in ia.reply
+
+
+async def test_status_says_when_translations_were_sped_up_or_dropped(bot: commands.Bot, rooms: FakeRooms) -> None:
+    rooms.rooms[GUILD] = RoomStatus(GUILD, 1, 2, None, "local")
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert "Catching up" not in ia.reply  # nothing to say while playback keeps pace
+    rooms.rooms[GUILD] = RoomStatus(GUILD, 1, 2, None, "local", fastest_tempo=1.3)
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert "up to 1.30× faster (same pitch)" in ia.reply and "dropped" not in ia.reply
+    rooms.rooms[GUILD] = RoomStatus(GUILD, 1, 2, None, "local", fastest_tempo=1.35, audio_dropped_s=2.25)
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert "2.2 s of translated audio dropped" in ia.reply

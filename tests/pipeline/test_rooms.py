@@ -448,3 +448,19 @@ async def test_playback_trouble_shows_in_status_and_shutdown_takes_no_new_rooms(
         assert rooms.status(1) is None
         with pytest.raises(PipelineError, match="shutting down"):
             await rooms.join(2, 100, 200, None)
+
+
+async def test_status_shows_how_the_mix_kept_up(store: Store) -> None:
+    async with Peer() as peer:
+        rooms, _, playback, _ = manager(peer, store)
+        await rooms.join(1, 100, 200, 300)
+        status = rooms.status(1)
+        assert status.fastest_tempo == 1.0 and status.audio_dropped_s == 0.0
+        mixer = playback.mixers[1]
+        mixer.push(42, bytes(2 * 24_000 * 4))  # 4 s at once: 1 s over the 3 s bound
+        for _ in range(5):
+            mixer.read_frame()
+        status = rooms.status(1)
+        assert status.audio_dropped_s == pytest.approx(1.0)
+        assert status.fastest_tempo > 1.2
+        await rooms.leave(1)

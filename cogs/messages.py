@@ -111,6 +111,7 @@ def status(
     not_translated: list[tuple[str, str]] | None = None,
     fastest_tempo: float = 1.0,
     audio_dropped_s: float = 0.0,
+    same_language: list[tuple[str, str]] | None = None,
 ) -> str:
     """`speakers` holds (mention, target language, connected) for each member being translated."""
     lines = [f"**Interpreting** {source} via {backend_label(backend)}."]
@@ -120,8 +121,10 @@ def status(
         shown = [f"{who} → {lang}{'' if live else ' (idle)'}" for who, lang, live in speakers[:10]]
         more = f" and {len(speakers) - 10} more" if len(speakers) > 10 else ""
         lines.append(f"Speakers: {', '.join(shown)}{more}")
-    else:
+    elif not same_language:
         lines.append("Speakers: nobody is talking right now.")
+    for who, why in (same_language or [])[:10]:
+        lines.append(f"ℹ️ {who} is not translated: {why}, the same language (no session, no cost).")
     lines.append(f"Opted out here: {opted_out}")
     if fastest_tempo > 1.0 or audio_dropped_s > 0:
         lines.append(catch_up(fastest_tempo, audio_dropped_s))

@@ -189,6 +189,7 @@ class TranslateCog(commands.Cog):
                 await self.store.set_language(gid, uid, tag)
             if spoken is not None:
                 await self.store.set_speaks(gid, uid, spoken)
+                await self.rooms.set_speaks(gid, uid, spoken)
         except PipelineError as e:
             return await self._reply(interaction, str(e))
         except StoreError:
@@ -265,7 +266,9 @@ class TranslateCog(commands.Cog):
                 source=_mention(room.source_channel_id) or "?",
                 output=_mention(room.output_channel_id),
                 captions=_mention(room.caption_channel_id),
-                speakers=[(f"<@{s.user_id}>", s.target_language, s.connected) for s in room.speakers],
+                speakers=[(f"<@{s.user_id}>", s.target_language, s.connected) for s in room.speakers
+                          if s.same_language is None],
+                same_language=[(f"<@{s.user_id}>", s.same_language) for s in room.speakers if s.same_language],
                 opted_out=room.opted_out,
                 usd_today=spent,
                 budget_usd=self.settings.caps.daily_budget_usd,

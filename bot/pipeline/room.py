@@ -17,9 +17,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bot.pipeline.same_language import SameLanguageWatch
 from bot.pipeline.service import RoomStatus, SpeakerStatus
 from bot.pipeline.speaker import MAX_QUEUED_FRAMES, Lease, OnOutput, Speaker, StopReason
-from bot.realtime.outputs import SessionError, SessionOutput
+from bot.realtime.outputs import SessionError, SessionOutput, SourceText, TargetText
 
 log = logging.getLogger("parley.pipeline")
 
@@ -58,6 +59,7 @@ class Room:
         ignore: Callable[[int], bool] = lambda user_id: False,
         restart_backoff_s: tuple[float, float] = RESTART_BACKOFF_S,
         max_queued_frames: int = MAX_QUEUED_FRAMES,
+        speaks_of: Callable[[int], Awaitable[str | None]] | None = None,
     ) -> None:
         self.guild_id = guild_id
         self.source_channel_id = source_channel_id
@@ -80,6 +82,8 @@ class Room:
         self._stop_reason = stop_reason
         self._restart_backoff_s = restart_backoff_s
         self._max_queued_frames = max_queued_frames
+        self._speaks_of = speaks_of
+        self._same_language_watch: dict[int, SameLanguageWatch] = {}
         self._tasks: dict[Speaker, asyncio.Task[None]] = {}
         self._failures: dict[int, _Failure] = {}
         self._totals: dict[int, _Totals] = {}  # sessions of speakers that were replaced or removed
@@ -113,6 +117,7 @@ class Room:
             speaker = Speaker(
                 user_id, self._language_of, self._lease, self._output, self._idle_timeout_s,
                 stop_reason=self._stop_reason, max_queued_frames=self._max_queued_frames,
+                speaks_of=self._speaks_of,
             )
             self.speakers[user_id] = speaker
             self._tasks[speaker] = asyncio.create_task(self._supervise(speaker), name=f"speaker-{user_id}")
@@ -157,9 +162,17 @@ class Room:
 
     async def set_language(self, user_id: int, language: str) -> None:
         self.blocked.pop(user_id, None)
+        self._same_language_watch.pop(user_id, None)
         speaker = self.speakers.get(user_id)
         if speaker is not None:
             await speaker.set_language(language)
+
+    def set_speaks(self, user_id: int) -> None:
+        """The member said which language they speak: whether they need translating is decided again."""
+        self._same_language_watch.pop(user_id, None)
+        speaker = self.speakers.get(user_id)
+        if speaker is not None:
+            speaker.recheck_language()
 
     def block(self, user_id: int, reason: str) -> None:
         """This member is not translated until they change language (e.g. the backend refuses theirs)."""
@@ -230,7 +243,7 @@ class Room:
                 uid, sp.language or "?", live is not None and live.connected,
                 t.seconds + sp.seconds_closed + (live.cost.audio_ms / 1000 if live else 0.0),
                 t.usd + sp.usd_closed + (live.cost.dollars if live else 0.0),
-                sp.problem,
+                sp.problem, sp.same_language,
             ))
         not_translated = [(s.user_id, s.problem) for s in speakers if s.problem]
         not_translated += [(uid, why) for uid, why in self.blocked.items() if uid not in self.speakers]
@@ -243,4 +256,17 @@ class Room:
     def _output(self, user_id: int, out: SessionOutput) -> None:
         if isinstance(out, SessionError) and out.fatal:
             self.problem = out.message  # shown by /translate status
+        elif isinstance(out, SourceText | TargetText):
+            self._watch_language(user_id, out)
         self._on_output(user_id, out)
+
+    def _watch_language(self, user_id: int, out: SourceText | TargetText) -> None:
+        """Utterances that come back untranslated mean the member already speaks their target language."""
+        speaker = self.speakers.get(user_id)
+        if speaker is None or speaker.same_language is not None:
+            return
+        watch = self._same_language_watch.setdefault(user_id, SameLanguageWatch())
+        if watch.see(out):
+            speaker.same_language = f"already speaks {speaker.language} (heard in their speech)"
+            log.info("room %s: member %s already speaks %s; their session is closed and not reopened",
+                     self.guild_id, user_id, speaker.language)

@@ -182,6 +182,7 @@ class RoomManager:
                     idle_timeout_s=self.settings.session.idle_timeout_s,
                     lease=lambda uid, lang: self.lease(guild_id, uid, lang),
                     language_of=lambda uid: self._language_of(guild_id, uid),
+                    speaks_of=lambda uid: self._speaks_of(guild_id, uid),
                     on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
                     stop_reason=lambda: self._over_budget(guild_id),
                     opted_out=opted_out,
@@ -255,6 +256,11 @@ class RoomManager:
             await running.room.set_language(user_id, language)
             if self._captions is not None:
                 self._captions.speaker(guild_id, user_id, language)
+
+    async def set_speaks(self, guild_id: int, user_id: int, language: str | None) -> None:
+        running = self._rooms.get(guild_id)
+        if running is not None:
+            running.room.set_speaks(user_id)
 
     async def check_language(self, language: str) -> None:
         """Raise PipelineError if the backend cannot translate into `language`.
@@ -496,6 +502,9 @@ class RoomManager:
     async def _language_of(self, guild_id: int, user_id: int) -> str:
         prefs = await self.store.member(guild_id, user_id)
         return prefs.language_or(self.settings.target_language)
+
+    async def _speaks_of(self, guild_id: int, user_id: int) -> str | None:
+        return (await self.store.member(guild_id, user_id)).speaks
 
     def _route(self, guild_id: int, mixer: Mixer, user_id: int, out: SessionOutput) -> None:
         if isinstance(out, TranslatedAudio):

@@ -34,6 +34,7 @@ class SpeakerStatus:
     seconds_sent: float
     usd: float
     problem: str | None = None  # why this member is not translated right now ("not translated: …")
+    same_language: str | None = None  # not translated because their speech is already in their target language
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class RoomService(Protocol):
 
     async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
         """The member's speech is translated into `language` from now on (live, if they are talking)."""
+        ...
+
+    async def set_speaks(self, guild_id: int, user_id: int, language: str | None) -> None:
+        """The member said which language they speak: speech already in their target language is not translated."""
         ...
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:

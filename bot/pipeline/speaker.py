@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
+from bot.pipeline.same_language import same_language
 from bot.pipeline.service import CapReached, LanguageRefused, PipelineError
 from bot.realtime.outputs import SessionError, SessionOutput
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
@@ -50,10 +51,17 @@ class Speaker:
         *,
         stop_reason: StopReason = lambda: None,
         max_queued_frames: int = MAX_QUEUED_FRAMES,
+        speaks_of: Callable[[int], Awaitable[str | None]] | None = None,
     ) -> None:
         self.user_id = user_id
         self.language: str | None = None
         self._language_of = language_of
+        self._speaks_of = speaks_of
+        self._speaks_known = speaks_of is None
+        self.speaks: str | None = None  # the language the member says they speak
+        # Why their speech is not translated: it is already in their target language (no session, no cost).
+        self.same_language: str | None = None
+        self.frames_same_language = 0
         self._lease = lease
         self._on_output = on_output
         self._stop_reason = stop_reason  # checked on every tick while streaming (e.g. the daily budget)
@@ -87,6 +95,7 @@ class Speaker:
         """Switch the live session too; if the backend does not take it, nothing changes (PipelineError)."""
         previous, refused, problem = self.language, self.language_refused, self.problem
         self.language = language
+        self.recheck_language()
         if self.language_refused:
             self.language_refused, self.problem = False, None
         if self.session is not None:
@@ -95,6 +104,11 @@ class Speaker:
             except (SessionFatal, SessionUnavailable) as e:  # LanguageRejected is a SessionFatal
                 self.language, self.language_refused, self.problem = previous, refused, problem
                 raise PipelineError(f"The translation backend did not take `{language}`: {e}") from None
+
+    def recheck_language(self) -> None:
+        """Their target or spoken language changed: whether their speech needs translating is asked again."""
+        self.same_language = None
+        self._speaks_known = self._speaks_of is None
 
     def _put(self, item: object) -> None:
         while True:
@@ -132,6 +146,14 @@ class Speaker:
                 continue
             if self.language is None:
                 self.language = await self._language_of(self.user_id)
+            if not self._speaks_known and self._speaks_of is not None:
+                self.speaks = await self._speaks_of(self.user_id)
+                self._speaks_known = True
+                if same_language(self.speaks, self.language):
+                    self.same_language = f"speaks {self.speaks}, hears {self.language}"
+            if self.same_language is not None:  # already in their language: nothing to pay for
+                self.frames_same_language += 1
+                continue
             try:
                 async with self._lease(self.user_id, self.language) as session:
                     self.sessions_opened += 1
@@ -193,6 +215,8 @@ class Speaker:
                 reason = self._stop_reason()
                 if reason is not None:  # e.g. today's budget is spent: close now, with the last words
                     self._refused(reason, logging.WARNING)
+                    return False
+                if self.same_language is not None:  # seen in their transcript: stop paying for it
                     return False
                 # the next 20 ms boundary of the session's clock (early frames never push it ahead)
                 tick = t0 + (int((loop.time() - t0) * 1000) // DISCORD_FRAME_MS + 1) * DISCORD_FRAME_MS / 1000

@@ -144,6 +144,9 @@ class FakeRooms:
         if self.fail:
             raise self.fail
 
+    async def set_speaks(self, guild_id: int, user_id: int, language: str | None) -> None:
+        self.calls.append(("set_speaks", guild_id, user_id, language))
+
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         self.calls.append(("set_opt_out", guild_id, user_id, opted_out))
         if self.fail:
@@ -267,7 +270,7 @@ async def test_speaks_alone_is_stored_and_keeps_the_target_language(
     ia = FakeInteraction(FakeGuild())
     await run(bot, "language", ia, speaks="Spanish")
     assert "You speak Spanish — es" in ia.reply and "translated into" not in ia.reply
-    assert rooms.calls == []  # the target language did not change: no session restarts
+    assert rooms.calls == [("set_speaks", GUILD, ME, "es")]  # the target language did not change
     me = await store.member(GUILD, ME)
     assert (me.target_language, me.speaks) == ("de", "es")
     status = FakeInteraction(FakeGuild())
@@ -541,3 +544,16 @@ async def test_status_says_when_translations_were_sped_up_or_dropped(bot: comman
     ia = FakeInteraction(FakeGuild())
     await run(bot, "status", ia)
     assert "2.2 s of translated audio dropped" in ia.reply
+
+
+async def test_status_names_members_not_translated_because_they_speak_the_language(
+    bot: commands.Bot, rooms: FakeRooms
+) -> None:
+    rooms.rooms[GUILD] = RoomStatus(GUILD, 1, 2, None, "openai", speakers=[
+        SpeakerStatus(11, "es", True, 3.0, 0.01),
+        SpeakerStatus(12, "es", False, 0.0, 0.0, same_language="speaks es, hears es"),
+    ])
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert "<@11> → es" in ia.reply and "<@12> →" not in ia.reply
+    assert "<@12> is not translated: speaks es, hears es, the same language (no session, no cost)" in ia.reply

@@ -11,7 +11,7 @@ import numpy as np
 
 from bot.config import Endpoint
 from bot.pipeline.room import Room
-from bot.realtime.outputs import SessionError, TranslatedAudio
+from bot.realtime.outputs import SessionError, SourceText, TargetText, TranslatedAudio
 from bot.realtime.session import TranslationSession
 from tests.realtime.peer import Faults, Peer, numbered_audio
 from tests.realtime.test_session import fast_settings
@@ -20,7 +20,7 @@ FRAME = 960
 
 
 def make_room(peer: Peer, outputs: list, languages: dict[int, str] | None = None, idle: float = 0.5,
-              opted_out: set[int] | None = None) -> Room:
+              opted_out: set[int] | None = None, speaks: dict[int, str] | None = None) -> Room:
     settings = fast_settings()
     endpoint = Endpoint(peer.url, "translation", "gpt-realtime-translate", None, 0.034)
     spends: list[float] = []
@@ -38,9 +38,12 @@ def make_room(peer: Peer, outputs: list, languages: dict[int, str] | None = None
     async def language_of(user_id: int) -> str:
         return (languages or {}).get(user_id, "es")
 
+    async def speaks_of(user_id: int) -> str | None:
+        return (speaks or {}).get(user_id)
+
     room = Room(1, 10, 20, 30, backend="test", idle_timeout_s=idle, lease=lease,
                 language_of=language_of, on_output=lambda uid, out: outputs.append((uid, out)),
-                opted_out=opted_out)
+                opted_out=opted_out, speaks_of=speaks_of)
     room.spends = spends  # type: ignore[attr-defined]
     return room
 
@@ -212,3 +215,46 @@ async def test_a_speakers_queue_is_bounded_and_drops_the_oldest(monkeypatch) -> 
     assert speaker._queue.get_nowait()[0][:2] == (90).to_bytes(2, "little"), "the newest frames are kept"
     await room.close()  # the graceful close gives up on a hung open: closed within its timeout
     assert room.running_speakers == 0
+
+
+async def test_a_member_who_speaks_their_target_language_gets_no_session() -> None:
+    outputs: list = []
+    speaks = {7: "es-MX", 8: "en"}
+    async with Peer() as peer:
+        room = make_room(peer, outputs, languages={7: "es", 8: "es"}, speaks=speaks)
+        await asyncio.gather(talk(room, 7, numbered_audio(5)), talk(room, 8, numbered_audio(5)))
+        await asyncio.sleep(0.2)
+        assert len(peer.connections) == 1  # only member 8 (English → Spanish) is paid for
+        assert room.speakers[7].frames_same_language > 0
+        status = {s.user_id: s for s in room.status().speakers}
+        assert status[7].same_language == "speaks es-MX, hears es" and status[7].problem is None
+        assert status[8].same_language is None
+        speaks[7] = "en"  # /translate language speaks:en — they were wrong about it
+        room.set_speaks(7)
+        await talk(room, 7, numbered_audio(5))
+        await asyncio.sleep(0.2)
+        assert len(peer.connections) == 2
+        await room.close()
+
+
+async def test_utterances_that_come_back_untranslated_close_the_session_and_it_stays_closed() -> None:
+    outputs: list = []
+    async with Peer() as peer:
+        room = make_room(peer, outputs, idle=5.0)
+        talking = asyncio.create_task(talk(room, 7, numbered_audio(30)))
+        await asyncio.sleep(0.5)
+        assert len(peer.connections) == 1
+        for said in ("Buenos días.", "La reunión empieza a las diez.", "Gracias."):
+            room._output(7, SourceText(said, None, final=True))  # as the session hands them on
+            room._output(7, TargetText(said, None, final=True))  # the "translation" is the speech again
+        await asyncio.sleep(0.3)
+        assert peer.connections[0].closed_by_client  # closed gracefully, though the member still talks
+        speaker = room.speakers[7]
+        assert speaker.same_language == "already speaks es (heard in their speech)"
+        await talking
+        assert speaker.frames_same_language > 0 and len(peer.connections) == 1
+        await room.set_language(7, "eo")  # a new target language: translated again
+        await talk(room, 7, numbered_audio(3))
+        await asyncio.sleep(0.2)
+        assert len(peer.connections) == 2
+        await room.close()

@@ -96,6 +96,13 @@ class MetricsConfig(_Section):
     host: str = "127.0.0.1"
 
 
+class TranscriptsConfig(_Section):
+    """Room transcripts (`/translate transcript`): in memory only, never written to disk by Parley."""
+
+    retention_s: float = Field(default=600.0, ge=0, le=86_400)  # kept this long after the room closes
+    max_lines: int = Field(default=5000, ge=10)  # per room; the oldest lines go first (counted in the file)
+
+
 class StoreConfig(_Section):
     """Where member preferences, guild channels and the spend ledger live (bot/store.py)."""
 
@@ -136,6 +143,7 @@ class Settings(_Section):
     playback: PlaybackConfig = PlaybackConfig()
     local: LocalRTConfig = LocalRTConfig()
     store: StoreConfig = StoreConfig()
+    transcripts: TranscriptsConfig = TranscriptsConfig()
     discord: DiscordConfig = DiscordConfig()
     metrics: MetricsConfig = MetricsConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

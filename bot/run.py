@@ -32,7 +32,7 @@ from discord.ext import commands
 from bot.config import ConfigError, DiscordConfig, Settings, config_path, load_settings, resolve_endpoint
 from bot.localrt.config import LocalRTConfig
 from bot.metrics import MetricsServer
-from bot.pipeline.rooms import DiscordCaptions, RoomManager, discord_voice_join
+from bot.pipeline.rooms import DiscordCaptions, DiscordNames, RoomManager, discord_voice_join
 from bot.playback.captions import CaptionRouter
 from bot.playback.speaker_account import PlaybackError, SpeakerAccount, speaker_intents
 from bot.store import Store, StoreError
@@ -108,7 +108,7 @@ async def build(settings: Settings) -> App:
         speaker = SpeakerAccount(discord.Client(intents=speaker_intents(), **discord_client_options(settings.discord)))
     rooms = RoomManager(
         settings, store, endpoint, discord_voice_join(listener, settings), playback=speaker,
-        captions=DiscordCaptions(listener, CaptionRouter(settings.playback)),
+        captions=DiscordCaptions(listener, CaptionRouter(settings.playback)), names=DiscordNames(listener),
     )
     await listener.add_cog(TranslateCog(listener, rooms, store, settings))
     return App(settings, store, listener, speaker, rooms)

@@ -15,6 +15,9 @@ LANGUAGE_CODE = "The language you hear: a code such as es, fr or pt-BR (or its n
 LANGUAGE_SPEAKS = "The language you speak (otherwise it is recognised from your speech)"
 STATUS = "What Parley is doing in this server"
 OPTOUT = "Keep your voice out of translation (never sent anywhere)"
+TRANSCRIPT = "Get the room's transcript as a file (time, speaker, what was said, translation)"
+TRANSCRIPT_FORMAT = "Markdown to read (default), or SubRip / WebVTT subtitles for a recording"
+TRANSCRIPT_DELETE = "Admins (Manage Server): delete the transcript now instead"
 OPTOUT_ENABLED = "True: opt out (the default). False: opt back in"
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -32,6 +35,9 @@ BAD_LANGUAGE = "`{code}` isn't a language I know. Try a code like `es`, `fr` or 
 STORE_DOWN = "I can't save preferences right now. Please try again in a moment."
 UNEXPECTED = "Something went wrong on my side; it has been logged. Please try again."
 GUILD_ONLY = "These commands work in a server, not in direct messages."
+NO_TRANSCRIPT = "There is no transcript here: none is running, and closed rooms' transcripts are deleted soon after."
+TRANSCRIPT_DENIED = "You can't see {channel}, where it was said, so you can't have its transcript."
+TRANSCRIPT_DELETE_DENIED = "Only members with Manage Server can delete the transcript."
 
 # -- confirmations ----------------------------------------------------------------------------------
 LEFT = "Stopped. Every session is closed and I've left the voice channels."
@@ -45,6 +51,7 @@ OPTED_OUT = (
     "`/translate optout enabled:False` undoes it."
 )
 NOT_SAVED = "Done for this session, but I couldn't save it: run the command again later so it survives a restart."
+TRANSCRIPT_DELETED = "The transcript is deleted."
 OPTED_IN = "You're opted back in: your voice is translated while Parley is in your channel."
 NOTICE_OFF = "**Live translation is off** in {source}."
 
@@ -80,9 +87,11 @@ def joined(source: str, output: str | None, captions: str | None) -> str:
 
 
 def consent_notice(
-    source: str, backend: str, output: str | None, captions: str | None, *, originals: bool = True
+    source: str, backend: str, output: str | None, captions: str | None, *, originals: bool = True,
+    retention_s: float = 600.0,
 ) -> str:
     """Posted in the open when Parley joins: translation is on, where audio goes, how to stay out of it."""
+    retention = duration(retention_s)
     then = []
     if output:
         then.append(f"spoken in {output}")
@@ -91,7 +100,9 @@ def consent_notice(
     return (
         f"🔴 **Live translation is on** in {source}. What members say there is {where_audio_goes(backend)}"
         + (f", then {' and '.join(then)}" if then else "")
-        + ".\nDon't want your voice translated? Run `/translate optout`: Parley then ignores your voice entirely. "
+        + f".\nA transcript (who said what, with its translation) is kept in memory while this runs and for "
+        f"{retention} after, for `/translate transcript`; opted-out members are never in it.\n"
+        "Don't want your voice translated? Run `/translate optout`: Parley then ignores your voice entirely. "
         "`/translate leave` stops it."
     )
 
@@ -158,6 +169,22 @@ def not_translated(members: list[tuple[str, str]]) -> str:
     """Appended to the join reply: members whose stored language the backend cannot serve, and so on."""
     lines = not_translated_lines(members)
     return "\n" + "\n".join(lines) if lines else ""
+
+
+def duration(seconds: float) -> str:
+    """`10 minutes`, `1 hour`, `30 seconds`, `no time` — for notices."""
+    if seconds <= 0:
+        return "no time"
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            n = round(seconds / size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return "a moment"
+
+
+def transcript_ready(lines: int, live: bool) -> str:
+    where = "so far" if live else "of the last room"
+    return f"Here is the transcript {where} ({lines} line{'s' if lines != 1 else ''})."
 
 
 def cost(usd: float, budget_usd: float | None) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from functools import cache
 from typing import Any
@@ -119,7 +120,8 @@ class TranslateCog(commands.Cog):
         # The notice goes out before any audio can: no notice, no translation.
         out, cap = (c.mention if c is not None else None for c in (output, captions))
         originals = self.settings.models.transcription is not None  # source-language captions are on
-        text = say.consent_notice(source.mention, self.settings.backend, out, cap, originals=originals)
+        text = say.consent_notice(source.mention, self.settings.backend, out, cap, originals=originals,
+                                  retention_s=self.settings.transcripts.retention_s)
         notice = await self._announce(text, source, interaction.channel)
         if notice is None:
             return await self._reply(interaction, say.NOTICE_FAILED.format(channel=source.mention))
@@ -280,6 +282,34 @@ class TranslateCog(commands.Cog):
             ),
         )
 
+    @translate.command(name="transcript", description=say.TRANSCRIPT)
+    @app_commands.rename(fmt="format")
+    @app_commands.describe(fmt=say.TRANSCRIPT_FORMAT, delete=say.TRANSCRIPT_DELETE)
+    @app_commands.choices(fmt=[
+        app_commands.Choice(name="Markdown (.md)", value="markdown"),
+        app_commands.Choice(name="SubRip subtitles (.srt)", value="srt"),
+        app_commands.Choice(name="WebVTT subtitles (.vtt)", value="vtt"),
+    ])
+    async def transcript(
+        self, interaction: discord.Interaction, fmt: app_commands.Choice[str] | None = None, delete: bool = False
+    ) -> None:
+        guild = interaction.guild
+        if guild is None:
+            return await self._reply(interaction, say.GUILD_ONLY)
+        if delete:
+            if not interaction.permissions.manage_guild:
+                return await self._reply(interaction, say.TRANSCRIPT_DELETE_DENIED)
+            deleted = self.rooms.delete_transcript(guild.id)
+            return await self._reply(interaction, say.TRANSCRIPT_DELETED if deleted else say.NO_TRANSCRIPT)
+        found = self.rooms.transcript(guild.id, fmt.value if fmt is not None else "markdown")
+        if found is None:
+            return await self._reply(interaction, say.NO_TRANSCRIPT)
+        channel = guild.get_channel(found.channel_id)
+        if channel is not None and not channel.permissions_for(interaction.user).view_channel:
+            return await self._reply(interaction, say.TRANSCRIPT_DENIED.format(channel=channel.mention))
+        attachment = discord.File(io.BytesIO(found.text.encode("utf-8")), filename=found.filename)
+        await self._reply(interaction, say.transcript_ready(found.lines, found.live), file=attachment)
+
     # -- plumbing -------------------------------------------------------------------------------
 
     async def cog_app_command_error(
@@ -294,11 +324,12 @@ class TranslateCog(commands.Cog):
         with contextlib.suppress(discord.HTTPException):
             await self._reply(interaction, text)
 
-    async def _reply(self, interaction: discord.Interaction, text: str) -> None:
+    async def _reply(self, interaction: discord.Interaction, text: str, file: discord.File | None = None) -> None:
+        extra: dict[str, Any] = {"file": file} if file is not None else {}
         if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=_NO_MENTIONS)
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=_NO_MENTIONS, **extra)
         else:
-            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=_NO_MENTIONS)
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=_NO_MENTIONS, **extra)
 
     async def _announce(self, text: str, *channels: Any) -> discord.Message | None:
         """Post publicly in the first channel that accepts it (the voice channel's chat, else where asked)."""

@@ -17,7 +17,7 @@ async def test_build_wires_the_commands_store_and_rooms(tmp_path: Path) -> None:
     try:
         group = app.listener.tree.get_command("translate")
         assert group is not None
-        assert {c.name for c in group.commands} == {"join", "leave", "language", "status", "optout"}
+        assert {c.name for c in group.commands} == {"join", "leave", "language", "status", "optout", "transcript"}
         assert isinstance(app.rooms, RoomManager) and app.rooms.endpoint.url.startswith("ws://127.0.0.1:8765/")
         assert app.speaker is not None
         assert (tmp_path / "p.sqlite3").exists()

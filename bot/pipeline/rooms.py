@@ -25,8 +25,16 @@ from bot.audio.mixer import IN_RATE as MIXER_RATE
 from bot.audio.mixer import Mixer
 from bot.config import Endpoint, Settings
 from bot.pipeline.room import Room
-from bot.pipeline.service import CapReached, LanguageRefused, PipelineError, PlaybackError, RoomStatus
-from bot.realtime.outputs import SessionOutput, TranslatedAudio
+from bot.pipeline.service import (
+    CapReached,
+    LanguageRefused,
+    PipelineError,
+    PlaybackError,
+    RoomStatus,
+    TranscriptFile,
+)
+from bot.pipeline.transcript import Transcript
+from bot.realtime.outputs import SessionOutput, SourceText, TargetText, TranslatedAudio
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 from bot.store import Store
 
@@ -93,12 +101,20 @@ class Captions(Protocol):
     async def close(self, guild_id: int) -> None: ...
 
 
+class Names(Protocol):
+    """Display names for transcripts (the listener's cache on Discord)."""
+
+    def member(self, guild_id: int, user_id: int) -> str | None: ...
+    def channel(self, guild_id: int, channel_id: int) -> str | None: ...
+
+
 @dataclass
 class _Running:
     room: Room
     mixer: Mixer
     pump: asyncio.Task[None]
     link: VoiceLink
+    transcript: Transcript
     watch: asyncio.Task[None] | None = None  # closes the room if the voice connection ends under it
     notices: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)  # caption-channel notices
 
@@ -113,8 +129,11 @@ class RoomManager:
         playback: Playback | None = None,
         captions: Captions | None = None,
         session_factory: Callable[..., TranslationSession] = TranslationSession,
+        names: Names | None = None,
     ) -> None:
         self.settings = settings
+        self._names = names
+        self._kept: dict[int, tuple[Transcript, asyncio.TimerHandle | None]] = {}  # closed rooms' transcripts
         self.store = store
         self.endpoint = endpoint
         self._join_voice = join_voice
@@ -189,7 +208,7 @@ class RoomManager:
                     ignore=link.is_bot,  # music bots and the like are not interpreted
                 )
                 pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
-                running = _Running(room, mixer, pump, link)
+                running = _Running(room, mixer, pump, link, self._new_transcript(guild_id, source_channel_id))
                 running.watch = asyncio.create_task(self._watch_voice(guild_id, running),
                                                     name=f"voice-watch-{guild_id}")
                 self._rooms[guild_id] = running
@@ -224,6 +243,7 @@ class RoomManager:
                 await _logged(guild_id, "closing the captions", self._captions.close(guild_id))
             if not running.link.ended.is_set():
                 await _logged(guild_id, "leaving voice", running.link.disconnect())
+            self._keep_transcript(guild_id, running.transcript)
 
     async def _watch_voice(self, guild_id: int, running: _Running) -> None:
         """The listener's voice connection ended under a running room (kicked, channel deleted): close it."""
@@ -364,10 +384,13 @@ class RoomManager:
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         running = self._rooms.get(guild_id)
+        if opted_out and guild_id in self._kept:
+            self._kept[guild_id][0].forget(user_id)
         if running is not None:
             await running.room.set_opt_out(user_id, opted_out)
             if opted_out:
                 running.mixer.remove(user_id)
+                running.transcript.forget(user_id)  # what they said before is removed too
         elif guild_id in self._joining:  # the room is being joined: its set (read before) must follow
             joining = self._joining[guild_id]
             if opted_out:
@@ -381,6 +404,8 @@ class RoomManager:
         for guild_id in list(self._rooms):
             with contextlib.suppress(Exception):
                 await self.leave(guild_id)
+        for guild_id in list(self._kept):
+            self.delete_transcript(guild_id)
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=5)
         if self._unsaved:  # the store failed earlier: one more try for what is not written yet
@@ -509,8 +534,58 @@ class RoomManager:
     def _route(self, guild_id: int, mixer: Mixer, user_id: int, out: SessionOutput) -> None:
         if isinstance(out, TranslatedAudio):
             mixer.push(user_id, out.pcm16)
-        elif self._captions is not None:
+            return
+        running = self._rooms.get(guild_id)
+        if running is not None and isinstance(out, SourceText | TargetText):
+            speaker = running.room.speakers.get(user_id)
+            running.transcript.add(user_id, out, time.time(), speaker.language if speaker is not None else None)
+        if self._captions is not None:
             self._captions(guild_id, user_id, out)
+
+    # --- transcripts ----------------------------------------------------------------------------
+
+    def _new_transcript(self, guild_id: int, channel_id: int) -> Transcript:
+        names = self._names
+        channel = (names.channel(guild_id, channel_id) if names is not None else None) or f"channel {channel_id}"
+        self.delete_transcript(guild_id)  # a new room's transcript replaces the last one's
+        return Transcript(channel, time.time(), max_lines=self.settings.transcripts.max_lines, channel_id=channel_id,
+                          name_of=lambda uid: names.member(guild_id, uid) if names is not None else None)
+
+    def _keep_transcript(self, guild_id: int, transcript: Transcript) -> None:
+        """The room closed: its transcript stays `transcripts.retention_s`, then it is deleted."""
+        retention = self.settings.transcripts.retention_s
+        if retention <= 0 or not len(transcript):
+            return
+        timer = asyncio.get_running_loop().call_later(retention, self._expire_transcript, guild_id, transcript)
+        self._kept[guild_id] = (transcript, timer)
+
+    def _expire_transcript(self, guild_id: int, transcript: Transcript) -> None:
+        kept = self._kept.get(guild_id)
+        if kept is not None and kept[0] is transcript:
+            del self._kept[guild_id]
+            log.info("room %s: transcript deleted (retention over)", guild_id)
+
+    def transcript(self, guild_id: int, fmt: str = "markdown") -> TranscriptFile | None:
+        """The running room's transcript, else the last room's while it is kept; None when there is none."""
+        running = self._rooms.get(guild_id)
+        transcript = running.transcript if running is not None else self._kept.get(guild_id, (None, None))[0]
+        if transcript is None:
+            return None
+        return TranscriptFile(transcript.filename(fmt), transcript.render(fmt), len(transcript),
+                              transcript.channel_id, running is not None)
+
+    def delete_transcript(self, guild_id: int) -> bool:
+        """An admin's request: forget the transcript of this guild's room (live: the lines so far) at once."""
+        deleted = False
+        transcript, timer = self._kept.pop(guild_id, (None, None))
+        if timer is not None:
+            timer.cancel()
+        deleted = transcript is not None
+        running = self._rooms.get(guild_id)
+        if running is not None:
+            deleted = deleted or bool(len(running.transcript))
+            running.transcript.clear()
+        return deleted
 
 
 LISTING_TTL_S = 300.0  # a backend's language list is asked again after this
@@ -564,6 +639,23 @@ class DiscordCaptions:
 
     async def close(self, guild_id: int) -> None:
         await self.router.close(guild_id)
+
+
+class DiscordNames:
+    """`Names` from the listener's cache: members' display names and channels' names."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def member(self, guild_id: int, user_id: int) -> str | None:
+        guild = self.client.get_guild(guild_id)
+        member = guild.get_member(user_id) if guild else None
+        return member.display_name if member else None
+
+    def channel(self, guild_id: int, channel_id: int) -> str | None:
+        guild = self.client.get_guild(guild_id)
+        channel = guild.get_channel(channel_id) if guild else None
+        return f"#{channel.name}" if channel is not None else None
 
 
 JOIN_TIMEOUT_S = 15.0

@@ -53,6 +53,15 @@ class RoomStatus:
     audio_dropped_s: float = 0.0  # translated audio dropped because a speaker fell behind even at max_tempo
 
 
+@dataclass(frozen=True)
+class TranscriptFile:
+    filename: str
+    text: str
+    lines: int
+    channel_id: int  # the source channel it was said in (who may read it: who can see that channel)
+    live: bool  # the room still runs
+
+
 class RoomService(Protocol):
     async def join(
         self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None
@@ -76,6 +85,14 @@ class RoomService(Protocol):
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         """An opted-out member is never sent upstream; an open session of theirs is closed at once."""
+        ...
+
+    def transcript(self, guild_id: int, fmt: str = "markdown") -> TranscriptFile | None:
+        """The room's transcript (running, or closed and still kept) as `fmt`: markdown, srt or vtt."""
+        ...
+
+    def delete_transcript(self, guild_id: int) -> bool:
+        """Delete it now (an admin asked); False when there was none."""
         ...
 
     async def output_languages(self) -> frozenset[str] | None:

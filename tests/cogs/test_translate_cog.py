@@ -68,18 +68,22 @@ class FakeGuild:
 
 
 class FakeResponse:
-    def __init__(self, replies: list[tuple[str, bool]]) -> None:
+    def __init__(self, replies: list[tuple[str, bool]], files: list[discord.File] | None = None) -> None:
         self.replies = replies
+        self.files = files if files is not None else []
         self.deferred: bool | None = None
         self._done = False
 
     def is_done(self) -> bool:
         return self._done
 
-    async def send_message(self, content: str, *, ephemeral: bool = False, **_: Any) -> None:
+    async def send_message(self, content: str, *, ephemeral: bool = False, file: discord.File | None = None,
+                           **_: Any) -> None:
         assert not self._done, "an interaction is answered once"
         self._done = True
         self.replies.append((content, ephemeral))
+        if file is not None:
+            self.files.append(file)
 
     async def defer(self, *, ephemeral: bool = False, thinking: bool = False) -> None:
         assert not self._done
@@ -96,12 +100,12 @@ class FakeFollowup:
 
 class FakeInteraction:
     def __init__(self, guild: FakeGuild | None, voice: FakeChannel | None = None, *, manage_channels: bool = False,
-                 channel: FakeChannel | None = None) -> None:
+                 channel: FakeChannel | None = None, manage_guild: bool = False) -> None:
         self.replies: list[tuple[str, bool]] = []
         self.guild = guild
         self.user = SimpleNamespace(id=ME, mention=f"<@{ME}>",
                                     voice=SimpleNamespace(channel=voice) if voice is not None else None)
-        self.permissions = discord.Permissions(manage_channels=manage_channels)
+        self.permissions = discord.Permissions(manage_channels=manage_channels, manage_guild=manage_guild)
         self.channel = channel
         self.response = FakeResponse(self.replies)
         self.followup = FakeFollowup(self.replies)
@@ -124,6 +128,7 @@ class FakeRooms:
         self.rooms: dict[int, RoomStatus] = {}
         self.fail: Exception | None = None
         self.languages: frozenset[str] | None = None  # what the backend lists (None: it can't)
+        self.transcripts: dict[int, Any] = {}
 
     async def join(self, guild_id: int, source: int, output: int | None, captions: int | None) -> RoomStatus:
         self.calls.append(("join", guild_id, source, output, captions))
@@ -154,6 +159,14 @@ class FakeRooms:
 
     async def output_languages(self) -> frozenset[str] | None:
         return self.languages
+
+    def transcript(self, guild_id: int, fmt: str = "markdown") -> Any:
+        self.calls.append(("transcript", guild_id, fmt))
+        return self.transcripts.get(guild_id)
+
+    def delete_transcript(self, guild_id: int) -> bool:
+        self.calls.append(("delete_transcript", guild_id))
+        return self.transcripts.pop(guild_id, None) is not None
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -199,7 +212,11 @@ async def test_registered_command_payloads(bot: commands.Bot) -> None:
     payload = group.to_dict(bot.tree)
     assert payload["name"] == "translate" and payload["dm_permission"] is False
     subs = {o["name"]: o for o in payload["options"]}
-    assert set(subs) == {"join", "leave", "language", "status", "optout"}
+    assert set(subs) == {"join", "leave", "language", "status", "optout", "transcript"}
+    fmt, delete = subs["transcript"]["options"]
+    assert (fmt["name"], fmt["required"], [c["value"] for c in fmt["choices"]]) == (
+        "format", False, ["markdown", "srt", "vtt"])
+    assert (delete["name"], delete["type"]) == ("delete", discord.AppCommandOptionType.boolean.value)
     assert all(o["type"] == discord.AppCommandOptionType.subcommand.value for o in subs.values())
 
     join = {o["name"]: o for o in subs["join"]["options"]}
@@ -360,6 +377,7 @@ async def test_join_posts_the_consent_notice_and_remembers_channels(
     (notice,) = source.posted  # public, in the voice channel's chat, where the people being heard are
     assert "Live translation is on" in notice and "OpenAI" in notice and "/translate optout" in notice
     assert "<#2>" in notice and "captioned (original and translation) in <#3>" in notice
+    assert "transcript" in notice and "10 minutes after" in notice and "opted-out members are never in it" in notice
     assert here.posted == []
     assert ia.reply == say.joined("<#1>", "<#2>", "<#3>")
     remembered = await store.guild(GUILD)
@@ -557,3 +575,38 @@ async def test_status_names_members_not_translated_because_they_speak_the_langua
     await run(bot, "status", ia)
     assert "<@11> → es" in ia.reply and "<@12> →" not in ia.reply
     assert "<@12> is not translated: speaks es, hears es, the same language (no session, no cost)" in ia.reply
+
+
+async def test_transcript_is_an_ephemeral_file_for_members_who_can_see_the_channel(
+    bot: commands.Bot, rooms: FakeRooms
+) -> None:
+    from bot.pipeline.service import TranscriptFile
+
+    ia = FakeInteraction(FakeGuild(FakeChannel(1)))
+    await run(bot, "transcript", ia)
+    assert ia.reply == say.NO_TRANSCRIPT
+    rooms.transcripts = {GUILD: TranscriptFile("transcript-2026.srt", "1\n00:00:01,000 --> …", 3, 1, True)}
+    ia = FakeInteraction(FakeGuild(FakeChannel(1)))
+    await run(bot, "transcript", ia, fmt=app_commands.Choice(name="srt", value="srt"))
+    assert rooms.calls[-1] == ("transcript", GUILD, "srt")
+    assert ia.reply == "Here is the transcript so far (3 lines)."
+    (file,) = ia.response.files
+    assert file.filename == "transcript-2026.srt" and file.fp.read().startswith(b"1\n00:00:01,000")
+    hidden = FakeInteraction(FakeGuild(FakeChannel(1, hidden_from={ME})))
+    await run(bot, "transcript", hidden)
+    assert "can't see <#1>" in hidden.reply and not hidden.response.files
+
+
+async def test_only_admins_delete_the_transcript(bot: commands.Bot, rooms: FakeRooms) -> None:
+    from bot.pipeline.service import TranscriptFile
+
+    rooms.transcripts = {GUILD: TranscriptFile("t.md", "# Transcript", 1, 1, False)}
+    ia = FakeInteraction(FakeGuild(FakeChannel(1)), manage_channels=True)
+    await run(bot, "transcript", ia, delete=True)
+    assert ia.reply == say.TRANSCRIPT_DELETE_DENIED and GUILD in rooms.transcripts
+    ia = FakeInteraction(FakeGuild(FakeChannel(1)), manage_guild=True)
+    await run(bot, "transcript", ia, delete=True)
+    assert ia.reply == say.TRANSCRIPT_DELETED and GUILD not in rooms.transcripts
+    ia = FakeInteraction(FakeGuild(FakeChannel(1)), manage_guild=True)
+    await run(bot, "transcript", ia, delete=True)
+    assert ia.reply == say.NO_TRANSCRIPT

@@ -464,3 +464,35 @@ async def test_status_shows_how_the_mix_kept_up(store: Store) -> None:
         assert status.audio_dropped_s == pytest.approx(1.0)
         assert status.fastest_tempo > 1.2
         await rooms.leave(1)
+
+
+async def test_transcript_while_running_kept_for_the_retention_then_deleted_and_opt_out_forgets(
+    store: Store,
+) -> None:
+    async with Peer() as peer:
+        rooms, voice, _, _ = manager(peer, store)
+        rooms.settings.transcripts.retention_s = 0.5
+        assert rooms.transcript(1) is None
+        await rooms.join(1, 100, 200, 300)
+        q = voice.queues[1]
+        await asyncio.gather(speak(q, 42, numbered_audio(4)), speak(q, 43, numbered_audio(4)))
+        await asyncio.sleep(0.3)
+        live = rooms.transcript(1)
+        assert live is not None and live.live and live.channel_id == 100 and live.lines >= 2
+        assert "Speaker 42" in live.text and "Speaker 43" in live.text and "(→ es)" in live.text
+        await rooms.set_opt_out(1, 43, True)  # what they said before is gone too
+        assert "Speaker 43" not in rooms.transcript(1).text
+        await rooms.leave(1)
+        kept = rooms.transcript(1, "vtt")
+        assert kept is not None and not kept.live and kept.text.startswith("WEBVTT")
+        assert "Speaker 42" in kept.text and "Speaker 43" not in kept.text
+        await asyncio.sleep(0.7)
+        assert rooms.transcript(1) is None  # the retention passed: deleted
+        await rooms.join(1, 100, 200, 300)
+        await speak(voice.queues[1], 42, numbered_audio(3))
+        await asyncio.sleep(0.2)
+        assert rooms.delete_transcript(1)  # an admin: at once, even while the room runs
+        assert rooms.transcript(1).lines == 0
+        await rooms.leave(1)
+        assert rooms.transcript(1) is None and not rooms.delete_transcript(1)
+        await rooms.close()

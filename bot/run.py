@@ -32,7 +32,13 @@ from discord.ext import commands
 from bot.config import ConfigError, DiscordConfig, Settings, config_path, load_settings, resolve_endpoint
 from bot.localrt.config import LocalRTConfig
 from bot.metrics import MetricsServer
-from bot.pipeline.rooms import DiscordCaptions, DiscordNames, RoomManager, discord_voice_join
+from bot.pipeline.rooms import (
+    DiscordCaptions,
+    DiscordNames,
+    RoomManager,
+    discord_output_link,
+    discord_voice_join,
+)
 from bot.playback.captions import CaptionRouter
 from bot.playback.speaker_account import PlaybackError, SpeakerAccount, speaker_intents
 from bot.store import Store, StoreError
@@ -105,10 +111,12 @@ async def build(settings: Settings) -> App:
                          **discord_client_options(settings.discord))
     speaker = None
     if settings.secrets.discord_speaker_token is not None:
-        speaker = SpeakerAccount(discord.Client(intents=speaker_intents(), **discord_client_options(settings.discord)))
+        speaker = SpeakerAccount(discord.Client(intents=speaker_intents(), **discord_client_options(settings.discord)),
+                                 voice_config=settings.voice)  # it receives too, in two-way rooms
     rooms = RoomManager(
         settings, store, endpoint, discord_voice_join(listener, settings), playback=speaker,
         captions=DiscordCaptions(listener, CaptionRouter(settings.playback)), names=DiscordNames(listener),
+        output_link=discord_output_link(speaker) if speaker is not None else None,
     )
     await listener.add_cog(TranslateCog(listener, rooms, store, settings))
     return App(settings, store, listener, speaker, rooms)

@@ -9,6 +9,7 @@ GROUP = "Live speech translation in voice channels"
 JOIN = "Interpret the voice channel you are in"
 JOIN_OUTPUT = "Voice channel where the translations are spoken (remembered for next time)"
 JOIN_CAPTIONS = "Text channel for captions (remembered for next time)"
+JOIN_TWO_WAY = "Interpret the output channel too, into this one: a conversation across languages"
 LEAVE = "Stop interpreting in this server"
 LANGUAGE = "Choose the language your speech is translated into"
 LANGUAGE_CODE = "The language you hear: a code such as es, fr or pt-BR (or its name)"
@@ -22,6 +23,7 @@ OPTOUT_ENABLED = "True: opt out (the default). False: opt back in"
 
 # -- errors -----------------------------------------------------------------------------------------
 NOT_IN_VOICE = "Join a voice channel first: Parley interprets the channel you're in."
+TWO_WAY_NEEDS_OUTPUT = "A two-way room needs an output channel: pick one with `output_channel`."
 SAME_CHANNEL = "Pick a different output channel: playing translations into the source would translate them again."
 CANNOT_SEE = "You can't see {channel}, so it can't be used here."
 CANNOT_POST = "I can't send messages in {channel}. Give me Send Messages there, or pick another caption channel."
@@ -77,9 +79,12 @@ def where_audio_goes(backend: str) -> str:
     return f"sent to the translation server at {host or 'the configured address'} to be translated"
 
 
-def joined(source: str, output: str | None, captions: str | None) -> str:
-    parts = [f"Interpreting {source}."]
-    if output:
+def joined(source: str, output: str | None, captions: str | None, two_way: bool = False) -> str:
+    if two_way and output:
+        parts = [f"Interpreting {source} and {output} into each other: each channel hears the other's translations."]
+    else:
+        parts = [f"Interpreting {source}."]
+    if output and not two_way:
         parts.append(f"Translations are spoken in {output}.")
     if captions:
         parts.append(f"Captions go to {captions}.")
@@ -88,12 +93,16 @@ def joined(source: str, output: str | None, captions: str | None) -> str:
 
 def consent_notice(
     source: str, backend: str, output: str | None, captions: str | None, *, originals: bool = True,
-    retention_s: float = 600.0,
+    retention_s: float = 600.0, two_way: bool = False,
 ) -> str:
-    """Posted in the open when Parley joins: translation is on, where audio goes, how to stay out of it."""
+    """Posted in the open when Parley joins: translation is on, where audio goes, how to stay out of it.
+    A two-way room posts it in both channels' chat: members of both are heard."""
     retention = duration(retention_s)
     then = []
-    if output:
+    if two_way and output:
+        source = f"{source} and {output} (two-way)"
+        then.append("spoken in the other channel")
+    elif output:
         then.append(f"spoken in {output}")
     if captions:
         then.append(f"captioned ({'original and translation' if originals else 'translation'}) in {captions}")
@@ -123,11 +132,16 @@ def status(
     fastest_tempo: float = 1.0,
     audio_dropped_s: float = 0.0,
     same_language: list[tuple[str, str]] | None = None,
+    two_way: bool = False,
 ) -> str:
     """`speakers` holds (mention, target language, connected) for each member being translated."""
-    lines = [f"**Interpreting** {source} via {backend_label(backend)}."]
-    if output or captions:
-        lines.append(f"Output: {output or '—'} · Captions: {captions or '—'}")
+    if two_way and output:
+        lines = [f"**Interpreting** {source} ⇄ {output} (two-way: each hears the other) via {backend_label(backend)}.",
+                 f"Captions: {captions or '—'}"]
+    else:
+        lines = [f"**Interpreting** {source} via {backend_label(backend)}."]
+        if output or captions:
+            lines.append(f"Output: {output or '—'} · Captions: {captions or '—'}")
     if speakers:
         shown = [f"{who} → {lang}{'' if live else ' (idle)'}" for who, lang, live in speakers[:10]]
         more = f" and {len(speakers) - 10} more" if len(speakers) > 10 else ""

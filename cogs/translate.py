@@ -87,12 +87,13 @@ class TranslateCog(commands.Cog):
     # -- join / leave ---------------------------------------------------------------------------
 
     @translate.command(name="join", description=say.JOIN)
-    @app_commands.describe(output_channel=say.JOIN_OUTPUT, caption_channel=say.JOIN_CAPTIONS)
+    @app_commands.describe(output_channel=say.JOIN_OUTPUT, caption_channel=say.JOIN_CAPTIONS, two_way=say.JOIN_TWO_WAY)
     async def join(
         self,
         interaction: discord.Interaction,
         output_channel: discord.VoiceChannel | None = None,
         caption_channel: discord.TextChannel | None = None,
+        two_way: bool = False,
     ) -> None:
         guild, member = interaction.guild, interaction.user
         if guild is None:
@@ -110,6 +111,8 @@ class TranslateCog(commands.Cog):
         captions: Any = caption_channel or _channel(guild, remembered.caption_channel_id)
         if output is not None and output.id == source.id:
             return await self._reply(interaction, say.SAME_CHANNEL)
+        if two_way and output is None:
+            return await self._reply(interaction, say.TWO_WAY_NEEDS_OUTPUT)
         for channel in (output, captions):
             if channel is not None and not channel.permissions_for(member).view_channel:
                 return await self._reply(interaction, say.CANNOT_SEE.format(channel=channel.mention))
@@ -121,17 +124,26 @@ class TranslateCog(commands.Cog):
         out, cap = (c.mention if c is not None else None for c in (output, captions))
         originals = self.settings.models.transcription is not None  # source-language captions are on
         text = say.consent_notice(source.mention, self.settings.backend, out, cap, originals=originals,
-                                  retention_s=self.settings.transcripts.retention_s)
-        notice = await self._announce(text, source, interaction.channel)
-        if notice is None:
-            return await self._reply(interaction, say.NOTICE_FAILED.format(channel=source.mention))
+                                  retention_s=self.settings.transcripts.retention_s, two_way=two_way)
+        notices = [await self._announce(text, source, interaction.channel)]
+        if two_way and notices[0] is not None:  # the output channel's members are heard too: they are told too
+            notices.append(await self._announce(text, output))
+        if None in notices:
+            for posted in notices:
+                if posted is not None:
+                    with contextlib.suppress(discord.HTTPException):
+                        await posted.delete()
+            where = output if notices[0] is not None else source
+            return await self._reply(interaction, say.NOTICE_FAILED.format(channel=where.mention))
         try:
+            joining = {"two_way": True} if two_way else {}
             room = await self.rooms.join(
-                guild.id, source.id, output.id if output else None, captions.id if captions else None
+                guild.id, source.id, output.id if output else None, captions.id if captions else None, **joining
             )
         except Exception as e:
-            with contextlib.suppress(discord.HTTPException):
-                await notice.delete()  # it would announce a translation that is not happening
+            for posted in notices:  # they would announce a translation that is not happening
+                with contextlib.suppress(discord.HTTPException):
+                    await posted.delete()
             if isinstance(e, PipelineError):
                 return await self._reply(interaction, str(e))
             raise  # cog_app_command_error answers and logs it
@@ -141,7 +153,8 @@ class TranslateCog(commands.Cog):
             log.exception("could not remember the channels of guild %s", guild.id)
         await self._reply(
             interaction,
-            say.joined(source.mention, _mention(room.output_channel_id), _mention(room.caption_channel_id))
+            say.joined(source.mention, _mention(room.output_channel_id), _mention(room.caption_channel_id),
+                       two_way=room.two_way)
             + say.not_translated([(f"<@{uid}>", why) for uid, why in room.not_translated]),
         )
 
@@ -271,6 +284,7 @@ class TranslateCog(commands.Cog):
                 speakers=[(f"<@{s.user_id}>", s.target_language, s.connected) for s in room.speakers
                           if s.same_language is None],
                 same_language=[(f"<@{s.user_id}>", s.same_language) for s in room.speakers if s.same_language],
+                two_way=room.two_way,
                 opted_out=room.opted_out,
                 usd_today=spent,
                 budget_usd=self.settings.caps.daily_budget_usd,

@@ -67,20 +67,25 @@ class VoiceLink:
     ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     channel_id: Callable[[], int | None] = lambda: None
     members: Callable[[], Iterable[int]] = lambda: ()  # who is in the source channel now
+    # Two-way rooms: the same connection plays the other channel's translations here (None: it cannot).
+    play: Callable[[Mixer], None] | None = None
 
 
 class VoiceJoin(Protocol):
     """Joins a voice channel as the listener."""
 
-    async def __call__(self, guild_id: int, channel_id: int, exclude: Callable[[int], bool] | None = None
-                       ) -> VoiceLink:
+    async def __call__(self, guild_id: int, channel_id: int, exclude: Callable[[int], bool] | None = None,
+                       *, speak: bool = False) -> VoiceLink:
         """`exclude(user_id)`: members never written to a voice capture (opted out); read on the receive
-        thread, so it must be a cheap, thread-safe lookup."""
+        thread, so it must be a cheap, thread-safe lookup. `speak`: unmuted, to play a two-way room's way back."""
         ...
 
 
 class Playback(Protocol):
-    async def play(self, guild_id: int, channel_id: int, mixer: Mixer) -> None: ...
+    async def play(self, guild_id: int, channel_id: int, mixer: Mixer, *,
+                   receive: Callable[[int], bool] | None = None) -> None:
+        """`receive` (two-way rooms): the speaker account also receives there, never capturing those it excludes."""
+        ...
     async def stop(self, guild_id: int) -> None: ...
     def problem_in(self, guild_id: int) -> str | None:
         """Why translations are not being played in this guild now (player failing, voice connection lost)."""
@@ -109,12 +114,24 @@ class Names(Protocol):
 
 
 @dataclass
+class _Way:
+    """The way back of a two-way room: the output channel's members, heard by the speaker account, interpreted
+    and played in the source channel by the listener."""
+
+    room: Room
+    mixer: Mixer
+    link: VoiceLink
+    pump: asyncio.Task[None]
+
+
+@dataclass
 class _Running:
     room: Room
     mixer: Mixer
     pump: asyncio.Task[None]
     link: VoiceLink
     transcript: Transcript
+    reverse: _Way | None = None
     watch: asyncio.Task[None] | None = None  # closes the room if the voice connection ends under it
     notices: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)  # caption-channel notices
 
@@ -130,9 +147,11 @@ class RoomManager:
         captions: Captions | None = None,
         session_factory: Callable[..., TranslationSession] = TranslationSession,
         names: Names | None = None,
+        output_link: Callable[[int], VoiceLink | None] | None = None,
     ) -> None:
         self.settings = settings
         self._names = names
+        self._output_link = output_link  # what the speaker account receives in a two-way room's output channel
         self._kept: dict[int, tuple[Transcript, asyncio.TimerHandle | None]] = {}  # closed rooms' transcripts
         self.store = store
         self.endpoint = endpoint
@@ -157,10 +176,14 @@ class RoomManager:
     # --- RoomService ----------------------------------------------------------------------------
 
     async def join(
-        self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None
+        self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None,
+        two_way: bool = False,
     ) -> RoomStatus:
         if self._closing:
             raise PipelineError("Parley is shutting down; try again in a minute.")
+        if two_way and (output_channel_id is None or self._playback is None or self._output_link is None):
+            raise PipelineError("A two-way room needs an output channel and the speaker account "
+                                "(DISCORD_SPEAKER_TOKEN).")
         async with self._lock:
             running = self._rooms.get(guild_id)
             if running is not None:
@@ -179,44 +202,80 @@ class RoomManager:
             opted_out = set(await self.store.opted_out_members(guild_id))
             self._joining[guild_id] = opted_out  # an opt-out while the listener connects lands here
             try:
-                link = await self._join_voice(guild_id, source_channel_id, exclude=opted_out.__contains__)
+                speak = {"speak": True} if two_way else {}
+                link = await self._join_voice(guild_id, source_channel_id, exclude=opted_out.__contains__, **speak)
                 frames, disconnect = link.frames, link.disconnect
-                p = self.settings.playback
-                mixer = Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality,
-                              max_tempo=p.max_tempo)
+                mixer = self._mixer()
+                back: VoiceLink | None = None
                 try:
                     if self._playback is not None and output_channel_id is not None:
-                        await self._playback.play(guild_id, output_channel_id, mixer)
+                        if two_way:  # the speaker account also receives there, never capturing opted-out members
+                            await self._playback.play(guild_id, output_channel_id, mixer,
+                                                      receive=opted_out.__contains__)
+                            back = self._output_link(guild_id) if self._output_link is not None else None
+                            if back is None or link.play is None:
+                                raise PlaybackError("I couldn't set up the way back of a two-way room.")
+                        else:
+                            await self._playback.play(guild_id, output_channel_id, mixer)
                     if self._captions is not None and caption_channel_id is not None:
                         await self._captions.open(guild_id, caption_channel_id)
                 except PlaybackError as e:
-                    await disconnect()
+                    await self._undo_join(guild_id, disconnect, two_way)
                     raise PipelineError(str(e)) from None
                 except Exception:
-                    await disconnect()
+                    await self._undo_join(guild_id, disconnect, two_way)
                     raise
-                room = Room(
-                    guild_id, source_channel_id, output_channel_id, caption_channel_id,
-                    backend=self.settings.backend,
-                    idle_timeout_s=self.settings.session.idle_timeout_s,
-                    lease=lambda uid, lang: self.lease(guild_id, uid, lang),
-                    language_of=lambda uid: self._language_of(guild_id, uid),
-                    speaks_of=lambda uid: self._speaks_of(guild_id, uid),
-                    on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
-                    stop_reason=lambda: self._over_budget(guild_id),
-                    opted_out=opted_out,
-                    ignore=link.is_bot,  # music bots and the like are not interpreted
-                )
+                room = self._room(guild_id, source_channel_id, output_channel_id, caption_channel_id, mixer,
+                                  opted_out, link)
                 pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
                 running = _Running(room, mixer, pump, link, self._new_transcript(guild_id, source_channel_id))
+                if back is not None and link.play is not None and output_channel_id is not None:
+                    # Two-way: the output channel's members are interpreted too, and the listener plays their
+                    # translations in the source channel. Same opt-outs, caps, captions and transcript.
+                    back_mixer = self._mixer()
+                    link.play(back_mixer)
+                    reverse = self._room(guild_id, output_channel_id, source_channel_id, caption_channel_id,
+                                         back_mixer, opted_out, back)
+                    running.reverse = _Way(reverse, back_mixer, back,
+                                           asyncio.create_task(reverse.pump(back.frames), name=f"room-{guild_id}-back"))
                 running.watch = asyncio.create_task(self._watch_voice(guild_id, running),
                                                     name=f"voice-watch-{guild_id}")
                 self._rooms[guild_id] = running
             finally:
                 self._joining.pop(guild_id, None)
-            log.info("room %s: interpreting channel %s via %s", guild_id, source_channel_id, self.settings.backend)
+            log.info("room %s: interpreting channel %s%s via %s", guild_id, source_channel_id,
+                     f" and {output_channel_id} (two-way)" if two_way else "", self.settings.backend)
             await self._check_members(room, link)  # the room runs already: a leave cleans up whatever happens
-            return room.status()
+            if running.reverse is not None:
+                await self._check_members(running.reverse.room, running.reverse.link)
+            return self.status(guild_id) or room.status()
+
+    def _mixer(self) -> Mixer:
+        p = self.settings.playback
+        return Mixer(max_backlog_s=p.max_backlog_s, prebuffer_ms=p.prebuffer_ms, quality=p.resample_quality,
+                     max_tempo=p.max_tempo)
+
+    def _room(self, guild_id: int, source_channel_id: int, output_channel_id: int | None,
+              caption_channel_id: int | None, mixer: Mixer, opted_out: set[int], link: VoiceLink) -> Room:
+        """One direction of a room: `link`'s members interpreted, their translations pushed to `mixer`."""
+        return Room(
+            guild_id, source_channel_id, output_channel_id, caption_channel_id,
+            backend=self.settings.backend,
+            idle_timeout_s=self.settings.session.idle_timeout_s,
+            lease=lambda uid, lang: self.lease(guild_id, uid, lang),
+            language_of=lambda uid: self._language_of(guild_id, uid),
+            speaks_of=lambda uid: self._speaks_of(guild_id, uid),
+            on_output=lambda uid, out: self._route(guild_id, mixer, uid, out),
+            stop_reason=lambda: self._over_budget(guild_id),
+            opted_out=opted_out,
+            ignore=link.is_bot,  # music bots, and Parley's own accounts (no echo loops), are not interpreted
+        )
+
+    async def _undo_join(self, guild_id: int, disconnect: Callable[[], Awaitable[None]], two_way: bool) -> None:
+        """A join that failed half-way leaves nothing behind (both accounts out of voice)."""
+        if two_way and self._playback is not None:
+            await _logged(guild_id, "stopping playback", self._playback.stop(guild_id))
+        await disconnect()
 
     async def leave(self, guild_id: int) -> None:
         async with self._lock:
@@ -228,10 +287,14 @@ class RoomManager:
                 running.watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await running.watch
-            running.pump.cancel()
-            with contextlib.suppress(BaseException):
-                await running.pump
-            await running.room.close()  # last words are still translated and played
+            pumps = [running.pump] + ([running.reverse.pump] if running.reverse is not None else [])
+            for pump in pumps:
+                pump.cancel()
+            for pump in pumps:
+                with contextlib.suppress(BaseException):
+                    await pump
+            rooms = [running.room] + ([running.reverse.room] if running.reverse is not None else [])
+            await asyncio.gather(*(room.close() for room in rooms))  # last words are still translated and played
             if running.notices:
                 await asyncio.wait(set(running.notices), timeout=5)
         finally:
@@ -264,23 +327,39 @@ class RoomManager:
         source = running.link.channel_id() or status.source_channel_id  # moved by a moderator: it follows
         playing = self._playback.problem_in(guild_id) if self._playback is not None else None
         problem = status.problem or (f"translated audio is not being played: {playing}" if playing else None)
-        mixed = running.mixer.stats()
-        return dataclasses.replace(status, source_channel_id=source, usd_today=self._spent_today(guild_id),
-                                   problem=problem, fastest_tempo=mixed.max_tempo_used,
-                                   audio_dropped_s=mixed.samples_dropped / MIXER_RATE)
+        mixes = [running.mixer.stats()]
+        speakers, not_translated = list(status.speakers), list(status.not_translated)
+        if running.reverse is not None:  # both channels' speakers, one room
+            back = running.reverse.room.status()
+            speakers += back.speakers
+            not_translated += back.not_translated
+            problem = problem or back.problem
+            mixes.append(running.reverse.mixer.stats())
+        return dataclasses.replace(
+            status, source_channel_id=source, usd_today=self._spent_today(guild_id), problem=problem,
+            speakers=speakers, not_translated=not_translated, two_way=running.reverse is not None,
+            fastest_tempo=max(m.max_tempo_used for m in mixes),
+            audio_dropped_s=sum(m.samples_dropped for m in mixes) / MIXER_RATE,
+        )
+
+    @staticmethod
+    def _rooms_of(running: _Running) -> list[Room]:
+        return [running.room] + ([running.reverse.room] if running.reverse is not None else [])
 
     async def set_language(self, guild_id: int, user_id: int, language: str) -> None:
         await self.check_language(language)  # before anything is saved: a language the backend can't serve
         running = self._rooms.get(guild_id)
         if running is not None:
-            await running.room.set_language(user_id, language)
+            for room in self._rooms_of(running):
+                await room.set_language(user_id, language)
             if self._captions is not None:
                 self._captions.speaker(guild_id, user_id, language)
 
     async def set_speaks(self, guild_id: int, user_id: int, language: str | None) -> None:
         running = self._rooms.get(guild_id)
         if running is not None:
-            running.room.set_speaks(user_id)
+            for room in self._rooms_of(running):
+                room.set_speaks(user_id)
 
     async def check_language(self, language: str) -> None:
         """Raise PipelineError if the backend cannot translate into `language`.
@@ -387,9 +466,12 @@ class RoomManager:
         if opted_out and guild_id in self._kept:
             self._kept[guild_id][0].forget(user_id)
         if running is not None:
-            await running.room.set_opt_out(user_id, opted_out)
+            for room in self._rooms_of(running):
+                await room.set_opt_out(user_id, opted_out)
             if opted_out:
                 running.mixer.remove(user_id)
+                if running.reverse is not None:
+                    running.reverse.mixer.remove(user_id)
                 running.transcript.forget(user_id)  # what they said before is removed too
         elif guild_id in self._joining:  # the room is being joined: its set (read before) must follow
             joining = self._joining[guild_id]
@@ -537,7 +619,7 @@ class RoomManager:
             return
         running = self._rooms.get(guild_id)
         if running is not None and isinstance(out, SourceText | TargetText):
-            speaker = running.room.speakers.get(user_id)
+            speaker = next((r.speakers[user_id] for r in self._rooms_of(running) if user_id in r.speakers), None)
             running.transcript.add(user_id, out, time.time(), speaker.language if speaker is not None else None)
         if self._captions is not None:
             self._captions(guild_id, user_id, out)
@@ -662,41 +744,73 @@ JOIN_TIMEOUT_S = 15.0
 
 
 def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
-    """The listener's `VoiceJoin`: connect with Parley's receiving VoiceClient, muted (it only listens)."""
+    """The listener's `VoiceJoin`: connect with Parley's receiving VoiceClient, muted unless it must speak (the
+    way back of a two-way room)."""
     from bot.voice.client import ListeningVoiceClient
 
-    async def join(guild_id: int, channel_id: int, exclude: Callable[[int], bool] | None = None) -> VoiceLink:
+    async def join(guild_id: int, channel_id: int, exclude: Callable[[int], bool] | None = None, *,
+                   speak: bool = False) -> VoiceLink:
         guild = client.get_guild(guild_id)
         channel = guild.get_channel(channel_id) if guild else None
         if channel is None or not hasattr(channel, "connect"):
             raise PipelineError("I can't see that voice channel.")
         perms = channel.permissions_for(guild.me)
-        if not (perms.view_channel and perms.connect):
+        if not (perms.view_channel and perms.connect) or (speak and not perms.speak):
             # Discord ignores a join the account may not make: without this, the member would wait for a timeout.
-            raise PipelineError(f"I need the Connect permission in {channel.mention}.")
+            need = "Connect and Speak" if speak else "Connect"
+            raise PipelineError(f"I need the {need} permission in {channel.mention}.")
         try:
             vc = await channel.connect(cls=ListeningVoiceClient.configured(settings.voice, exclude=exclude),
-                                       timeout=JOIN_TIMEOUT_S, self_mute=True)
+                                       timeout=JOIN_TIMEOUT_S, self_mute=not speak)
         except Exception as e:  # discord.ClientException, timeouts, a closed connection
             stale = guild.voice_client  # a failed connect must leave nothing behind for the next join
             if stale is not None:
                 await _logged(guild_id, "dropping a half-made voice connection", stale.disconnect(force=True))
             reason = "Discord did not answer in time" if isinstance(e, TimeoutError) else str(e)
             raise PipelineError(f"I couldn't join {channel.mention}: {reason}") from None
-
-        async def disconnect() -> None:
-            await vc.disconnect(force=True)
-
-        def is_bot(user_id: int) -> bool:
-            member = guild.get_member(user_id)
-            return bool(member and member.bot)
-
-        def where() -> int | None:
-            return vc.channel.id if vc.channel is not None else None
-
-        def members() -> list[int]:
-            return [m.id for m in getattr(vc.channel, "members", ())]
-
-        return VoiceLink(vc.frames, disconnect, is_bot, vc.ended, where, members)
+        return voice_link(vc, guild, plays=speak)
 
     return join
+
+
+def voice_link(vc: Any, guild: Any, *, plays: bool = False) -> VoiceLink:
+    """A `VoiceLink` over one of Parley's `ListeningVoiceClient`s (the listener's, or the speaker account's in a
+    two-way room). `plays`: it may also play a mix into its channel."""
+
+    async def disconnect() -> None:
+        await vc.disconnect(force=True)
+
+    def is_bot(user_id: int) -> bool:
+        member = guild.get_member(user_id)
+        return bool(member and member.bot)
+
+    def where() -> int | None:
+        return vc.channel.id if vc.channel is not None else None
+
+    def members() -> list[int]:
+        return [m.id for m in getattr(vc.channel, "members", ())]
+
+    def play(mixer: Mixer) -> None:
+        from bot.playback.source import MixerSource
+
+        def after(error: Exception | None) -> None:  # on discord.py's player thread
+            if error is not None:
+                log.error("guild %s: the listener's playback stopped: %r", guild.id, error)
+
+        if vc.is_playing():
+            vc.stop()
+        vc.play(MixerSource(mixer), after=after)
+
+    return VoiceLink(vc.frames, disconnect, is_bot, vc.ended, where, members, play if plays else None)
+
+
+def discord_output_link(speaker: Any) -> Callable[[int], VoiceLink | None]:
+    """What the speaker account receives in a two-way room's output channel (after `play(..., receive=…)`)."""
+
+    def link(guild_id: int) -> VoiceLink | None:
+        vc = speaker.voice_client(guild_id)
+        if vc is None or not hasattr(vc, "frames"):
+            return None
+        return voice_link(vc, vc.guild)
+
+    return link

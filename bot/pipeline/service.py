@@ -49,6 +49,7 @@ class RoomStatus:
     usd_today: float = 0.0  # this server's spend today, the running sessions included
     problem: str | None = None  # the latest reason a member could not be translated (bad key, backend down)
     not_translated: list[tuple[int, str]] = field(default_factory=list)  # (member, reason), e.g. a refused language
+    two_way: bool = False  # the output channel is interpreted too, into the source channel
     fastest_tempo: float = 1.0  # translated audio was played up to this much faster to catch up (same pitch)
     audio_dropped_s: float = 0.0  # translated audio dropped because a speaker fell behind even at max_tempo
 
@@ -64,9 +65,11 @@ class TranscriptFile:
 
 class RoomService(Protocol):
     async def join(
-        self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None
+        self, guild_id: int, source_channel_id: int, output_channel_id: int | None, caption_channel_id: int | None,
+        two_way: bool = False,
     ) -> RoomStatus:
-        """Start interpreting `source_channel_id`; raises PipelineError (e.g. already running elsewhere)."""
+        """Start interpreting `source_channel_id` (and, `two_way`, the output channel into it); raises
+        PipelineError (e.g. already running elsewhere)."""
         ...
 
     async def leave(self, guild_id: int) -> None:

@@ -18,7 +18,10 @@ from pydantic import SecretStr
 from bot.audio.mixer import Mixer
 from bot.pipeline.service import PlaybackError  # the Playback seam's error: raised here, answered there
 from bot.playback.source import MixerSource
+from bot.voice.client import ListeningVoiceClient
+from bot.voice.config import VoiceConfig
 from bot.voice.connection import VoiceClient
+from bot.voice.worker import ExcludePredicate
 
 log = logging.getLogger("parley.playback")
 
@@ -33,8 +36,9 @@ def speaker_intents() -> discord.Intents:
 
 class SpeakerAccount:
     def __init__(self, client: discord.Client | None = None, *, connect_timeout: float = 10.0,
-                 max_restarts: int = 5) -> None:
+                 max_restarts: int = 5, voice_config: VoiceConfig | None = None) -> None:
         self.client = client if client is not None else discord.Client(intents=speaker_intents())
+        self.voice_config = voice_config if voice_config is not None else VoiceConfig()  # receiving (two-way)
         self.connect_timeout = connect_timeout
         self.max_restarts = max_restarts  # in a row, per guild; a player that plays for a minute resets it
         self.restarts = 0  # players restarted after dying (all guilds, since start)
@@ -78,8 +82,12 @@ class SpeakerAccount:
                 await self._runner
             self._runner = None
 
-    async def play(self, guild_id: int, channel_id: int, mixer: Mixer) -> None:
-        """Join (or move to) `channel_id` and play `mixer` there, replacing whatever was playing."""
+    async def play(self, guild_id: int, channel_id: int, mixer: Mixer, *,
+                   receive: ExcludePredicate | None = None) -> None:
+        """Join (or move to) `channel_id` and play `mixer` there, replacing whatever was playing.
+
+        `receive` (a two-way room): also receive the members there through Parley's receive path
+        (`ListeningVoiceClient`, not deafened), never capturing those it excludes; see `voice_client`."""
         guild = self.client.get_guild(guild_id)
         if guild is None:
             raise PlaybackError("The speaker account is not in this server: invite it (see the README).")
@@ -90,10 +98,16 @@ class SpeakerAccount:
         if not (perms.connect and perms.speak):
             raise PlaybackError(f"The speaker account needs Connect and Speak in {channel.mention}.")
         voice = guild.voice_client
+        listening = receive is not None
+        if isinstance(voice, discord.VoiceClient) and isinstance(voice, ListeningVoiceClient) != listening:
+            await voice.disconnect(force=True)  # receiving or not is chosen at connect time
+            voice = None
+        cls: type[VoiceClient] = (ListeningVoiceClient.configured(self.voice_config, exclude=receive) if listening
+                                  else VoiceClient)
         for attempt in (1, 2):  # a first voice join after start-up was seen to get no answer: one more try
             try:
                 if not isinstance(voice, discord.VoiceClient):
-                    voice = await channel.connect(cls=VoiceClient, timeout=self.connect_timeout, self_deaf=True)
+                    voice = await channel.connect(cls=cls, timeout=self.connect_timeout, self_deaf=not listening)
                 elif voice.channel.id != channel_id:
                     await voice.move_to(channel, timeout=self.connect_timeout)
                 break
@@ -127,6 +141,12 @@ class SpeakerAccount:
 
     def problem_in(self, guild_id: int) -> str | None:
         return self.problem.get(guild_id)
+
+    def voice_client(self, guild_id: int) -> discord.VoiceClient | None:
+        """The speaker account's voice connection in a guild (a `ListeningVoiceClient` in a two-way room)."""
+        guild = self.client.get_guild(guild_id)
+        voice = guild.voice_client if guild is not None else None
+        return voice if isinstance(voice, discord.VoiceClient) else None
 
     async def stop(self, guild_id: int) -> None:
         """Stop playing in `guild_id` and leave its voice channel (nothing to do if not there)."""

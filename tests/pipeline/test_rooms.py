@@ -31,27 +31,45 @@ class FakeVoice:
         self.disconnected: list[int] = []
         self.bots = bots
 
-    async def __call__(self, guild_id: int, channel_id: int, exclude=None) -> VoiceLink:
+    async def __call__(self, guild_id: int, channel_id: int, exclude=None, *, speak: bool = False) -> VoiceLink:
         self.exclude = exclude
         q: asyncio.Queue = asyncio.Queue()
         self.queues[guild_id] = q
+        self.playing: dict[int, object] = {}
 
         async def disconnect() -> None:
             self.disconnected.append(guild_id)
 
-        return VoiceLink(q, disconnect, lambda uid: uid in self.bots)
+        def play(mixer) -> None:  # the listener playing a two-way room's way back
+            self.playing[guild_id] = mixer
+
+        return VoiceLink(q, disconnect, lambda uid: uid in self.bots, play=play if speak else None)
 
 
 class FakePlayback:
     def __init__(self) -> None:
         self.mixers: dict[int, object] = {}
         self.problems: dict[int, str] = {}
+        self.received: dict[int, asyncio.Queue] = {}
 
     def problem_in(self, guild_id: int) -> str | None:
         return self.problems.get(guild_id)
 
-    async def play(self, guild_id: int, channel_id: int, mixer) -> None:
+    async def play(self, guild_id: int, channel_id: int, mixer, *, receive=None) -> None:
         self.mixers[guild_id] = mixer
+        if receive is not None:  # two-way: the speaker account receives in the output channel too
+            self.received[guild_id] = asyncio.Queue()
+            self.receive_exclude = receive
+
+    def output_link(self, guild_id: int) -> VoiceLink | None:
+        q = self.received.get(guild_id)
+        if q is None:
+            return None
+
+        async def disconnect() -> None:
+            pass
+
+        return VoiceLink(q, disconnect, lambda uid: uid == 777)  # 777: a bot in the output channel
 
     async def stop(self, guild_id: int) -> None:
         self.mixers.pop(guild_id, None)
@@ -100,7 +118,7 @@ def manager(peer: Peer, store: Store, **caps) -> tuple[RoomManager, FakeVoice, F
     captions = ListCaptions()
     voice, playback = FakeVoice(bots=frozenset({666})), FakePlayback()
     rooms = RoomManager(settings, store, Endpoint(peer.url, "translation", "m", None, 0.034), voice, playback,
-                        captions=captions)
+                        captions=captions, output_link=playback.output_link)
     return rooms, voice, playback, captions
 
 
@@ -496,3 +514,46 @@ async def test_transcript_while_running_kept_for_the_retention_then_deleted_and_
         await rooms.leave(1)
         assert rooms.transcript(1) is None and not rooms.delete_transcript(1)
         await rooms.close()
+
+
+async def test_a_two_way_room_interprets_both_channels_into_each_other(store: Store) -> None:
+    await store.set_language(1, 42, "fr")
+    await store.set_language(1, 55, "en")
+    await store.set_opt_out(1, 56, True)
+    async with Peer() as peer:
+        rooms, voice, playback, captions = manager(peer, store)
+        status = await rooms.join(1, 100, 200, 300, two_way=True)
+        assert status.two_way and (status.source_channel_id, status.output_channel_id) == (100, 200)
+        forward, back = playback.mixers[1], voice.playing[1]  # speaker account plays in 200, listener in 100
+        assert forward is not back
+        assert playback.receive_exclude(56) and not playback.receive_exclude(55)  # never captured either
+        out_q = playback.received[1]
+        await asyncio.gather(speak(voice.queues[1], 42, numbered_audio(4)), speak(out_q, 55, numbered_audio(4)),
+                             speak(out_q, 56, numbered_audio(4)), speak(out_q, 777, numbered_audio(4)))
+        await asyncio.sleep(0.3)
+        assert forward.backlog_ms(42) > 0 and forward.backlog_ms(55) == 0  # 42's translation goes to 200
+        assert back.backlog_ms(55) > 0 and back.backlog_ms(42) == 0  # 55's translation comes back to 100
+        assert back.backlog_ms(56) == 0 and back.backlog_ms(777) == 0  # opted out; a bot (no echo loops)
+        assert captions.labels == {(1, 42): "fr", (1, 55): "en"}  # each session in the member's own language
+        status = rooms.status(1)
+        assert {s.user_id for s in status.speakers} == {42, 55} and status.two_way
+        assert {uid for _, uid, _ in captions} == {42, 55}  # captions of both sides, one caption channel
+        transcript = rooms.transcript(1)
+        assert "Speaker 42" in transcript.text and "Speaker 55" in transcript.text
+        await rooms.set_opt_out(1, 55, True)  # an opt-out reaches the way back too
+        before = len(peer.connections)
+        await speak(out_q, 55, numbered_audio(3))
+        await asyncio.sleep(0.2)
+        assert len(peer.connections) == before
+        await rooms.leave(1)
+        assert 1 not in playback.mixers and voice.disconnected == [1]
+        assert rooms.open_sessions == 0
+        await rooms.close()
+
+
+async def test_two_way_needs_an_output_channel_and_the_speaker_account(store: Store) -> None:
+    async with Peer() as peer:
+        rooms, *_ = manager(peer, store)
+        with pytest.raises(PipelineError, match="two-way room needs an output channel"):
+            await rooms.join(1, 100, None, 300, two_way=True)
+        assert rooms.status(1) is None

@@ -7,7 +7,7 @@ import pytest
 import pytest_asyncio
 
 from bot.sandbox.state import MessageFlag
-from tests.sandbox.stack import Stack, stack, synthesize, until
+from tests.sandbox.stack import Stack, loud_seconds, stack, synthesize, until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="module")]
 
@@ -60,4 +60,41 @@ async def test_transcript_is_a_file_with_who_said_what_and_opted_out_members_nev
     again = await env.command(room, alice.user, "transcript")
     (attachment,) = again.attachments
     assert "Good morning" not in env.sb.world.files[int(attachment["id"])].decode("utf-8")
+    assert "Traceback" not in env.bot.text()
+
+
+async def test_two_way_room_each_channel_hears_the_other_translated(env: Stack) -> None:
+    room = await env.room("Guild W")
+    alice = await env.person(room, "Alice", room.source)
+    carol = await env.person(room, "Carol", room.output)
+    await env.command(room, alice.user, "language", {"code": "es"})
+    await env.command(room, carol.user, "language", {"code": "eo"})
+    reply = await env.command(room, alice.user, "join", {"output_channel": room.output,
+                                                         "caption_channel": room.captions, "two_way": True})
+    assert "into each other" in reply.content, reply.content
+    for channel, viewer in ((room.source, alice.user), (room.output, carol.user)):  # consent: both channels' chat
+        notices = [m.content for m in env.sb.messages(channel, viewer=viewer) if not m.ephemeral]
+        assert any("Live translation is on" in n and "two-way" in n for n in notices), (channel.name, notices)
+    assert env.listener.id in {u.id for u in env.sb.in_voice(room.guild, room.source)}
+    assert env.voice.id in {u.id for u in env.sb.in_voice(room.guild, room.output)}
+
+    await alice.speak(env.wavs["morning"])  # Lobby → Interpretation, in Spanish, by the speaker account
+    await until(lambda: loud_seconds(carol.heard(env.voice.id)) > 1.0, 30, "Carol to hear Alice's translation")
+    await carol.speak(env.wavs["thanks"])  # Interpretation → Lobby, in Esperanto, by the listener
+    await until(lambda: loud_seconds(alice.heard(env.listener.id)) > 1.0, 30, "Alice to hear Carol's translation")
+    await until(lambda: any("Carol" in c and "(→ eo)" in c for c in env.captions(room)), 30, "Carol's caption")
+    assert any("Alice" in c and "(→ es)" in c for c in env.captions(room))
+    # Neither account's own playback was interpreted: only Alice and Carol ever had a session.
+    status = await env.command(room, alice.user, "status")
+    assert f"<#{room.source.id}> ⇄ <#{room.output.id}>" in status.content, status.content
+    assert f"<@{alice.user.id}> → es" in status.content and f"<@{carol.user.id}> → eo" in status.content
+    assert str(env.listener.id) not in status.content and str(env.voice.id) not in status.content
+    transcript = await env.command(room, carol.user, "transcript")
+    (attachment,) = transcript.attachments
+    text = env.sb.world.files[int(attachment["id"])].decode("utf-8")
+    assert "**Alice** (→ es)" in text and "**Carol** (→ eo)" in text
+
+    await env.command(room, alice.user, "leave")
+    await until(lambda: not any(u.bot for u in env.sb.in_voice(room.guild, room.source) +
+                                env.sb.in_voice(room.guild, room.output)), 10, "both bots to leave voice")
     assert "Traceback" not in env.bot.text()

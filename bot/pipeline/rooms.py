@@ -684,6 +684,9 @@ def _refused_language(language: str) -> str:
     return f"the backend can't translate into `{language}`; pick another with /translate language"
 
 
+CAPTION_WEBHOOK = "Parley captions"
+
+
 class DiscordCaptions:
     """`Captions` on Discord: resolves the caption channel with the listener's cache and names speakers
     by their display name."""
@@ -697,12 +700,35 @@ class DiscordCaptions:
         if channel is None:
             raise PipelineError("I can't see the caption channel.")
 
-        await self.router.open(guild_id, channel, name_of=lambda uid: self._name_of(guild_id, uid))
+        webhook = await self._webhook(channel, guild.me)
+        await self.router.open(guild_id, channel, name_of=lambda uid: self._name_of(guild_id, uid), webhook=webhook,
+                               avatar_of=lambda uid: self._avatar_of(guild_id, uid))
+
+    async def _webhook(self, channel: Any, me: Any) -> Any:
+        """Parley's caption webhook in `channel` (reused, or made) when it may manage webhooks there; else None:
+        captions are then labelled messages."""
+        import discord
+
+        if not channel.permissions_for(me).manage_webhooks:
+            return None
+        try:
+            for hook in await channel.webhooks():
+                if hook.name == CAPTION_WEBHOOK and hook.user is not None and hook.user.id == me.id and hook.token:
+                    return hook
+            return await channel.create_webhook(name=CAPTION_WEBHOOK, reason="Parley: captions under speakers' names")
+        except discord.HTTPException as e:
+            log.warning("captions: no webhook in channel %s (%s); posting labelled messages", channel.id, e)
+            return None
 
     def _name_of(self, guild_id: int, user_id: int) -> str | None:
         guild = self.client.get_guild(guild_id)
         member = guild.get_member(user_id) if guild else None
         return member.display_name if member else None
+
+    def _avatar_of(self, guild_id: int, user_id: int) -> str | None:
+        guild = self.client.get_guild(guild_id)
+        member = guild.get_member(user_id) if guild else None
+        return member.display_avatar.url if member else None
 
     def speaker(self, guild_id: int, user_id: int, language: str) -> None:
         poster = self.router.get(guild_id)

@@ -11,7 +11,11 @@ Fragments are concatenated exactly as they come (the server puts the spaces in),
 escaped for markdown and mentions; the poster also sends with `AllowedMentions.none()`.
 
 `CaptionPoster` is the thin async part: it feeds a board from the pipeline (never blocking it), ticks it,
-and carries the actions out with `channel.send` / `message.edit`, one at a time, latest edit wins.
+and carries the actions out with `channel.send` / `message.edit`, one at a time, latest edit wins. Given a
+channel webhook (Parley may manage webhooks there), it posts each caption under the speaker's name and avatar
+instead (the board then leaves the name out of the text), never pinging anyone; discord.py's webhook client
+honours the rate limits (429 → wait `retry_after`, retry). If the webhook fails or is deleted, it falls back
+to labelled messages.
 `CaptionRouter` is the pipeline's caption sink: `(guild_id, user_id, output)` → that guild's poster.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -41,6 +46,7 @@ ARROW = "⟶"
 class Post:
     line: int
     content: str
+    key: int = field(default=0, compare=False)  # the speaker (a webhook posts under their name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +88,11 @@ class _Line:
 class CaptionBoard:
     """Fragments + a clock in, `Post`/`Edit`/`Done` actions out. No I/O."""
 
-    def __init__(self, *, min_edit_interval_s: float = 1.5, pause_s: float = 2.0, max_chars: int = MAX_CHARS) -> None:
+    def __init__(self, *, min_edit_interval_s: float = 1.5, pause_s: float = 2.0, max_chars: int = MAX_CHARS,
+                 named: bool = True) -> None:
         if max_chars < 100:
             raise ValueError("max_chars must leave room for a header and some words")
+        self.named = named  # False: the message is posted under the speaker's name, the text leaves it out
         self.min_edit_interval_s = min_edit_interval_s
         self.pause_s = pause_s
         self.max_chars = max_chars
@@ -94,8 +102,11 @@ class CaptionBoard:
         self._next_id = 0
 
     @classmethod
-    def from_config(cls, config: PlaybackConfig) -> CaptionBoard:
-        return cls(min_edit_interval_s=config.caption_edit_interval_s, pause_s=config.caption_pause_s)
+    def from_config(cls, config: PlaybackConfig, *, named: bool = True) -> CaptionBoard:
+        return cls(min_edit_interval_s=config.caption_edit_interval_s, pause_s=config.caption_pause_s, named=named)
+
+    def name(self, key: int) -> str:
+        return self._speakers.get(key, (f"Speaker {key}", None))[0]
 
     def set_speaker(self, key: int, name: str, language: str | None = None) -> None:
         """Name and target language shown on the speaker's next lines."""
@@ -164,7 +175,10 @@ class CaptionBoard:
     # -- internals --------------------------------------------------------------------------------------
     def _new_line(self, key: int, now: float) -> _Line:
         name, language = self._speakers.get(key, (f"Speaker {key}", None))
-        header = f"**{_clean(name)}**" + (f" (→ {_clean(language)})" if language else "") + ": "
+        if self.named:
+            header = f"**{_clean(name)}**" + (f" (→ {_clean(language)})" if language else "") + ": "
+        else:  # under the speaker's own name (a webhook): only the language
+            header = f"(→ {_clean(language)}) " if language else ""
         self._next_id += 1
         line = _Line(self._next_id, key, header, now, now)
         self._open[key] = line
@@ -189,7 +203,7 @@ class CaptionBoard:
         if content == line.sent:
             return []
         if line.sent is None:
-            action: CaptionAction = Post(line.id, content)
+            action: CaptionAction = Post(line.id, content, line.key)
         elif force or now - line.sent_at >= self.min_edit_interval_s:
             action = Edit(line.id, content)
         else:
@@ -218,8 +232,12 @@ class CaptionPoster:
         name_of: Callable[[int], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick_s: float = 0.25,
+        webhook: discord.Webhook | None = None,
+        avatar_of: Callable[[int], str | None] | None = None,
     ) -> None:
         self.channel = channel
+        self.webhook = webhook  # post under each speaker's name and avatar (the board must be `named=False`)
+        self._avatar_of = avatar_of
         self.board = board if board is not None else CaptionBoard()
         self._name_of = name_of
         self._clock = clock
@@ -265,7 +283,7 @@ class CaptionPoster:
             if isinstance(action, Edit):  # latest text wins over a not-yet-sent post or edit of the same line
                 for i, queued in enumerate(self._queue):
                     if isinstance(queued, Post | Edit) and queued.line == action.line:
-                        self._queue[i] = type(queued)(action.line, action.content)
+                        self._queue[i] = dataclasses.replace(queued, content=action.content)
                         break
                 else:
                     self._queue.append(action)
@@ -302,11 +320,35 @@ class CaptionPoster:
                     return
                 except discord.NotFound:
                     pass  # deleted by someone: post it again
-            self._messages[action.line] = await self.channel.send(action.content, allowed_mentions=none)
+            if self.webhook is not None and isinstance(action, Post):
+                self._messages[action.line] = await self._as_speaker(action, none)
+                return
+            content = action.content
+            if not self.board.named:  # a webhook failed earlier: the name goes into the text after all
+                key = action.key if isinstance(action, Post) else 0
+                content = f"**{_clean(self.board.name(key))}** {content}"[:MAX_CHARS]
+            self._messages[action.line] = await self.channel.send(content, allowed_mentions=none)
         except discord.HTTPException as exc:  # captions never stop the pipeline; the next edit retries
             log.warning("captions: %s failed: %s", type(action).__name__.lower(), exc)
         except Exception:
             log.exception("captions: %s failed", type(action).__name__.lower())
+
+
+    async def _as_speaker(self, post: Post, none: discord.AllowedMentions) -> discord.Message:
+        """Post through the webhook under the speaker's name and avatar; a refusal falls back to a labelled
+        message (and a webhook that is gone, for good)."""
+        assert self.webhook is not None
+        name = self.board.name(post.key)
+        avatar = self._avatar_of(post.key) if self._avatar_of is not None else None
+        try:
+            return await self.webhook.send(post.content, username=name[:80], avatar_url=avatar, allowed_mentions=none,
+                                           wait=True)
+        except discord.NotFound:
+            log.warning("captions: the caption webhook was deleted; posting labelled messages from now on")
+            self.webhook = None
+        except discord.HTTPException as exc:  # e.g. a name Discord refuses for a webhook ("discord" in it)
+            log.info("captions: the webhook refused a caption (%s); posted as a labelled message", exc)
+        return await self.channel.send(f"**{_clean(name)}** {post.content}"[:MAX_CHARS], allowed_mentions=none)
 
 
 class CaptionRouter:
@@ -317,11 +359,14 @@ class CaptionRouter:
         self._posters: dict[int, CaptionPoster] = {}
 
     async def open(
-        self, guild_id: int, channel: discord.abc.Messageable, *, name_of: Callable[[int], str | None] | None = None
+        self, guild_id: int, channel: discord.abc.Messageable, *, name_of: Callable[[int], str | None] | None = None,
+        webhook: discord.Webhook | None = None, avatar_of: Callable[[int], str | None] | None = None,
     ) -> CaptionPoster:
-        """Start captions for a room in `channel` (a previous poster of the guild is closed first)."""
+        """Start captions for a room in `channel` (a previous poster of the guild is closed first); with a
+        `webhook`, each caption is posted under the speaker's name and avatar."""
         await self.close(guild_id)
-        poster = CaptionPoster(channel, CaptionBoard.from_config(self.config), name_of=name_of)
+        poster = CaptionPoster(channel, CaptionBoard.from_config(self.config, named=webhook is None), name_of=name_of,
+                               webhook=webhook, avatar_of=avatar_of)
         self._posters[guild_id] = poster
         poster.start()
         return poster

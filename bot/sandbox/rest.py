@@ -2,7 +2,9 @@
 
 Login (`/users/@me`, `/oauth2/applications/@me`, `/gateway/bot`), application commands (bulk `PUT`, global
 and per guild), interaction callbacks (`?with_response=1` bodies), follow-ups and `@original` edits through
-`/webhooks/{application}/{token}`, and channel messages (create, edit, delete). It enforces what Discord
+`/webhooks/{application}/{token}`, channel messages (create, edit, delete), and channel webhooks (create and
+list with Manage Webhooks, execute with `username`/`avatar_url` and `?wait=true`, edit/delete their messages),
+rate-limited per webhook like Discord. It enforces what Discord
 enforces and a bot can get wrong: the 3 s / once interaction rule, 2000-character messages, permissions,
 and per-channel rate limits answered with 429 and Discord's rate-limit headers. Answers carry exactly
 `Content-Type: application/json` (discord.py compares the header).
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,11 +30,12 @@ from bot.sandbox.interactions import (
     Interaction,
     InteractionRefused,
 )
-from bot.sandbox.state import Channel, Guild, Message, MessageFlag, Perm, User, World
+from bot.sandbox.state import Channel, Guild, Message, MessageFlag, Perm, User, Webhook, World
 
 log = logging.getLogger("parley.sandbox.rest")
 
 MAX_CONTENT = 2000
+MAX_WEBHOOKS_PER_CHANNEL = 15  # Discord: error 30007 past it
 
 
 class ApiError(Exception):
@@ -126,6 +130,8 @@ class Rest:
             web.get("/webhooks/{app}/{token}/messages/{message}", self.webhook_message),
             web.patch("/webhooks/{app}/{token}/messages/{message}", self.webhook_message),
             web.delete("/webhooks/{app}/{token}/messages/{message}", self.webhook_message),
+            web.get("/channels/{channel}/webhooks", self.channel_webhooks),
+            web.post("/channels/{channel}/webhooks", self.channel_webhooks),
             web.get("/channels/{channel}", self.get_channel),
             web.get("/channels/{channel}/messages", self.list_messages),
             web.post("/channels/{channel}/messages", self.create_message),
@@ -337,6 +343,9 @@ class Rest:
         return _json(result)
 
     async def followup(self, request: web.Request) -> web.Response:
+        hook = self._webhook_by_token(request)
+        if hook is not None:
+            return await self.execute_webhook(request, hook)
         it = self._interaction_by_token(request)
         body, files = await self._body(request)
         self._check_content(body, files, creating=True)
@@ -346,6 +355,9 @@ class Rest:
         return _json(msg.payload())
 
     async def webhook_message(self, request: web.Request) -> web.Response:
+        hook = self._webhook_by_token(request)
+        if hook is not None:
+            return await self.channel_webhook_message(request, hook)
         it = self._interaction_by_token(request)
         which = request.match_info["message"]
         msg = it.original if which == "@original" else next(
@@ -358,6 +370,74 @@ class Rest:
             return self._delete(msg)
         body, files = await self._body(request)
         return _json(self._edit(msg, body, files).payload())
+
+    # --- channel webhooks -------------------------------------------------------------------------
+
+    def _webhook_by_token(self, request: web.Request) -> Webhook | None:
+        """A channel webhook addressed by `/webhooks/{id}/{token}` (else it may be an interaction's)."""
+        try:
+            hook = self.world.webhooks.get(int(request.match_info["app"]))
+        except ValueError:
+            return None
+        if hook is None:
+            return None
+        if not secrets.compare_digest(hook.token, request.match_info["token"]):
+            raise ApiError(401, 50027, "Invalid Webhook Token")
+        return hook
+
+    async def channel_webhooks(self, request: web.Request) -> web.Response:
+        """GET lists a channel's webhooks, POST creates one; both need Manage Webhooks, as on Discord."""
+        user = self._auth(request)
+        guild, channel = self._channel(request)
+        if not self.world.can(guild, channel, user.id, Perm.VIEW_CHANNEL):
+            raise ApiError(403, 50001, "Missing Access")
+        if not self.world.can(guild, channel, user.id, Perm.MANAGE_WEBHOOKS):
+            raise ApiError(403, 50013, "Missing Permissions")
+        mine = [h for h in self.world.webhooks.values() if h.channel_id == channel.id]
+        if request.method == "GET":
+            return _json([h.payload() for h in mine])
+        body, _ = await self._body(request)
+        name = str(body.get("name") or "")
+        if not 1 <= len(name) <= 80 or "clyde" in name.lower() or "discord" in name.lower():
+            raise ApiError(400, 50035, "Invalid Form Body", {"name": {"_errors": [
+                {"code": "BASE_TYPE_BAD_LENGTH", "message": "Must be between 1 and 80 in length."}]}})
+        if len(mine) >= MAX_WEBHOOKS_PER_CHANNEL:
+            raise ApiError(400, 30007, "Maximum number of webhooks reached (15)")
+        hook = Webhook(self.world.snowflake(), secrets.token_urlsafe(48), guild.id, channel.id, name, user)
+        self.world.webhooks[hook.id] = hook
+        self.on_event("webhook_create", {"webhook": hook})
+        return _json(hook.payload())
+
+    async def execute_webhook(self, request: web.Request, hook: Webhook) -> web.Response:
+        """`POST /webhooks/{id}/{token}[?wait=true]`: a message under the webhook (and any username it names)."""
+        guild, channel = self.world.guilds[hook.guild_id], self.world.guilds[hook.guild_id].channels[hook.channel_id]
+        headers = self.rate_limits.check("webhook", hook.id)
+        body, files = await self._body(request)
+        self._check_content(body, files, creating=True)
+        username = body.get("username")
+        if username is not None and (not 1 <= len(str(username)) <= 80 or "clyde" in str(username).lower()
+                                     or "discord" in str(username).lower()):
+            raise ApiError(400, 50035, "Invalid Form Body", {"username": {"_errors": [
+                {"code": "USERNAME_INVALID", "message": "Username cannot contain \"discord\" or \"clyde\"."}]}})
+        msg = self._new_message(guild, channel, hook.creator, {**body, "flags": 0}, files, webhook=hook,
+                                username=str(username) if username else None, avatar_url=body.get("avatar_url"))
+        if request.query.get("wait", "").lower() in ("true", "1"):
+            return _json(msg.payload(), headers=headers)
+        return web.Response(status=204, headers=headers)
+
+    async def channel_webhook_message(self, request: web.Request, hook: Webhook) -> web.Response:
+        msg = self.world.messages.get(int(request.match_info["message"]))
+        if msg is None or msg.webhook is not hook:
+            raise ApiError(404, 10008, "Unknown Message")
+        if request.method == "GET":
+            return _json(msg.payload())
+        headers = self.rate_limits.check("webhook", hook.id)
+        if request.method == "DELETE":
+            resp = self._delete(msg)
+            resp.headers.update(headers)
+            return resp
+        body, files = await self._body(request)
+        return _json(self._edit(msg, body, files).payload(), headers=headers)
 
     # --- channels and messages --------------------------------------------------------------------
 

@@ -152,12 +152,14 @@ class Sandbox:
         """A member overwrite denying `perms` (e.g. Perm.SEND_MESSAGES) in `channel`."""
         channel.deny[user.id] = channel.deny.get(user.id, 0) | int(perms)
 
-    async def set_overwrite(self, channel: Channel, user: User, deny: int) -> None:
-        """An admin edits `user`'s overwrite in `channel` while clients are online (0 removes it): CHANNEL_UPDATE."""
-        if deny:
-            channel.deny[user.id] = int(deny)
-        else:
-            channel.deny.pop(user.id, None)
+    async def set_overwrite(self, channel: Channel, user: User, deny: int, allow: int = 0) -> None:
+        """An admin edits `user`'s overwrite in `channel` while clients are online (0 removes it): CHANNEL_UPDATE.
+        `allow` grants what @everyone lacks (e.g. Perm.MANAGE_WEBHOOKS)."""
+        for bits, where in ((deny, channel.deny), (allow, channel.allow)):
+            if bits:
+                where[user.id] = int(bits)
+            else:
+                where.pop(user.id, None)
         guild = self.world.guilds[channel.guild_id]
         await self.gateway.dispatch_guild(guild, "CHANNEL_UPDATE", channel.payload(), INTENT_GUILDS)
 

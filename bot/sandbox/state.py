@@ -22,6 +22,7 @@ DISCORD_EPOCH_MS = 1_420_070_400_000
 class Perm(IntFlag):
     ADMINISTRATOR = 1 << 3
     MANAGE_CHANNELS = 1 << 4
+    MANAGE_GUILD = 1 << 5
     VIEW_CHANNEL = 1 << 10
     SEND_MESSAGES = 1 << 11
     EMBED_LINKS = 1 << 14
@@ -30,6 +31,7 @@ class Perm(IntFlag):
     CONNECT = 1 << 20
     SPEAK = 1 << 21
     USE_VAD = 1 << 25
+    MANAGE_WEBHOOKS = 1 << 29
     USE_APPLICATION_COMMANDS = 1 << 31
 
 
@@ -90,13 +92,15 @@ class Channel:
     type: ChannelType
     position: int
     deny: dict[int, int] = field(default_factory=dict)  # member id → denied permission bits
+    allow: dict[int, int] = field(default_factory=dict)  # member id → allowed permission bits
 
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": str(self.id), "guild_id": str(self.guild_id), "name": self.name, "type": int(self.type),
             "position": self.position, "parent_id": None, "nsfw": False, "flags": 0,
             "permission_overwrites": [
-                {"id": str(uid), "type": 1, "allow": "0", "deny": str(bits)} for uid, bits in self.deny.items()
+                {"id": str(uid), "type": 1, "allow": str(self.allow.get(uid, 0)), "deny": str(self.deny.get(uid, 0))}
+                for uid in sorted(set(self.deny) | set(self.allow))
             ],
         }
         if self.type == ChannelType.VOICE:
@@ -134,6 +138,9 @@ class Message:
     attachments: list[dict[str, Any]] = field(default_factory=list)
     interaction_user_id: int | None = None  # for interaction responses (who may see an ephemeral one)
     webhook_id: int | None = None
+    webhook: Webhook | None = None  # posted by a channel webhook: its author is the webhook, under this name
+    username: str | None = None
+    avatar_url: str | None = None
 
     @property
     def ephemeral(self) -> bool:
@@ -148,9 +155,41 @@ class Message:
             "embeds": self.embeds, "pinned": False, "type": 0 if self.interaction_user_id is None else 20,
             "flags": int(self.flags), "components": [],
         }
-        if self.webhook_id is not None:
+        if self.webhook is not None:  # Discord's shape: the author is the webhook, named as the execute asked
+            data["author"] = {"id": str(self.webhook.id), "username": self.username or self.webhook.name,
+                              "avatar": None, "discriminator": "0000", "bot": True, "global_name": None}
+            data["webhook_id"] = str(self.webhook.id)
+            if self.webhook.application_id is not None:
+                data["application_id"] = str(self.webhook.application_id)
+        elif self.webhook_id is not None:
             data["webhook_id"] = str(self.webhook_id)
             data["application_id"] = str(self.webhook_id)
+        return data
+
+
+@dataclass
+class Webhook:
+    """A channel webhook (type 1, "Incoming"), made by a bot with Manage Webhooks."""
+
+    id: int
+    token: str
+    guild_id: int
+    channel_id: int
+    name: str
+    creator: User
+
+    @property
+    def application_id(self) -> int | None:
+        return self.creator.id if self.creator.bot else None
+
+    def payload(self, with_token: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": str(self.id), "type": 1, "guild_id": str(self.guild_id), "channel_id": str(self.channel_id),
+            "name": self.name, "avatar": None, "application_id": str(self.application_id)
+            if self.application_id else None, "user": self.creator.payload(),
+        }
+        if with_token:
+            data["token"] = self.token
         return data
 
 
@@ -181,6 +220,7 @@ class World:
         self.guilds: dict[int, Guild] = {}
         self.messages: dict[int, Message] = {}
         self.commands: dict[tuple[int, int | None], list[dict[str, Any]]] = {}  # (application, guild|None)
+        self.webhooks: dict[int, Webhook] = {}  # channel webhooks by id
         self.files: dict[int, bytes] = {}  # attachment id → bytes (transcripts and the like)
 
     # --- building a world ------------------------------------------------------------------------
@@ -222,7 +262,7 @@ class World:
             return ALL_PERMS
         perms = int(EVERYONE_PERMS)
         if channel is not None:
-            perms &= ~channel.deny.get(user_id, 0)
+            perms = (perms & ~channel.deny.get(user_id, 0)) | channel.allow.get(user_id, 0)
         return perms
 
     def can(self, guild: Guild, channel: Channel, user_id: int, needed: Perm) -> bool:

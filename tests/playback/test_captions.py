@@ -352,3 +352,12 @@ async def test_router_sends_each_guild_to_its_channel() -> None:
 def test_a_too_small_limit_is_refused(max_chars: int) -> None:
     with pytest.raises(ValueError):
         CaptionBoard(max_chars=max_chars)
+
+
+def test_under_the_speakers_own_name_the_text_leaves_the_name_out() -> None:
+    """With a webhook the message carries the speaker's name and avatar: the text shows only the language."""
+    board = CaptionBoard(named=False)
+    board.set_speaker(1, "Alice", "es")
+    (post,) = board.add(1, SourceText("Hello", None), 0.0)
+    assert post == Post(1, "(→ es) Hello") and post.key == 1 and board.name(1) == "Alice"
+    assert board.name(2) == "Speaker 2"

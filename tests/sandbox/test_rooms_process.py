@@ -98,3 +98,41 @@ async def test_two_way_room_each_channel_hears_the_other_translated(env: Stack) 
     await until(lambda: not any(u.bot for u in env.sb.in_voice(room.guild, room.source) +
                                 env.sb.in_voice(room.guild, room.output)), 10, "both bots to leave voice")
     assert "Traceback" not in env.bot.text()
+
+
+async def test_captions_under_the_speakers_name_through_a_webhook_when_parley_may_manage_webhooks(env: Stack) -> None:
+    from bot.sandbox.state import Perm
+
+    room = await env.room("Guild K")
+    listener = env.sb.world.users[env.listener.id]
+    await env.sb.set_overwrite(room.captions, listener, 0, allow=Perm.MANAGE_WEBHOOKS)
+    alice = await env.person(room, "Alice", room.source)
+    await env.command(room, alice.user, "language", {"code": "es"})
+    limits = env.sb.rest.rate_limits
+    old = (limits.limit, limits.per_s, limits.shared)
+    # The webhook is rate-limited too, with no headers to warn (a shared limit): 429s the client must honour.
+    limits.limit, limits.per_s, limits.shared = 1, 2.0, True
+    limits.buckets.clear()
+    try:
+        await env.command(room, alice.user, "join", {"caption_channel": room.captions})
+        limited = limits.limited
+        await alice.speak(env.wavs["morning"])
+        await alice.speak(env.wavs["thanks"])
+        posted = await until(lambda: [m for m in env.sb.messages(room.captions) if m.webhook is not None
+                                      and "informe" in m.content.lower()], 40, "the second caption via the webhook")
+    finally:
+        limits.limit, limits.per_s, limits.shared = old
+    (hook,) = [h for h in env.sb.world.webhooks.values() if h.channel_id == room.captions.id]
+    assert hook.name == "Parley captions" and hook.creator.id == env.listener.id
+    captions = [m for m in env.sb.messages(room.captions) if m.webhook is hook]
+    assert {m.username for m in captions} == {"Alice"}, "each caption under the speaker's own name"
+    assert all(m.content.startswith("(→ es)") and "**Alice**" not in m.content for m in captions)
+    assert posted[0].payload()["author"]["username"] == "Alice"
+    assert any("reuni" in m.content.lower() for m in captions)
+    assert limits.limited > limited, "the sandbox never rate-limited the webhook"
+    assert " ".join(m.content for m in captions).lower().count("reuni") == 1, "nothing posted twice or lost"
+    # A second room in the same channel reuses Parley's webhook rather than making another.
+    await env.command(room, alice.user, "leave")
+    await env.command(room, alice.user, "join", {"caption_channel": room.captions})
+    assert len([h for h in env.sb.world.webhooks.values() if h.channel_id == room.captions.id]) == 1
+    assert "Traceback" not in env.bot.text()

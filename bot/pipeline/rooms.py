@@ -248,7 +248,12 @@ class RoomManager:
             await self._check_members(room, link)  # the room runs already: a leave cleans up whatever happens
             if running.reverse is not None:
                 await self._check_members(running.reverse.room, running.reverse.link)
-            return self.status(guild_id) or room.status()
+            status = room.status()
+            if running.reverse is not None:
+                back = running.reverse.room.status()
+                status = dataclasses.replace(status, two_way=True, speakers=status.speakers + back.speakers,
+                                             not_translated=status.not_translated + back.not_translated)
+            return status
 
     def _mixer(self) -> Mixer:
         p = self.settings.playback

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import discord
 import pytest
 
 from bot.pipeline.rooms import DiscordCaptions
@@ -19,6 +20,9 @@ class Channel:
     def __init__(self) -> None:
         self.messages: list[SimpleNamespace] = []
 
+    def permissions_for(self, who) -> discord.Permissions:
+        return discord.Permissions(view_channel=True, send_messages=True)  # no Manage Webhooks: labelled messages
+
     async def send(self, content: str, **kwargs) -> SimpleNamespace:
         async def edit(content: str, **kw) -> None:
             message.content = content
@@ -30,7 +34,8 @@ class Channel:
 
 def client_with(channel: Channel) -> SimpleNamespace:
     members = {42: SimpleNamespace(display_name="Alice", bot=False)}
-    guild = SimpleNamespace(get_channel=lambda cid: channel if cid == 300 else None, get_member=members.get)
+    guild = SimpleNamespace(get_channel=lambda cid: channel if cid == 300 else None, get_member=members.get,
+                            me=SimpleNamespace(id=7))
     return SimpleNamespace(get_guild=lambda gid: guild if gid == 1 else None)
 
 

@@ -97,7 +97,7 @@ def consent_notice(
 ) -> str:
     """Posted in the open when Parley joins: translation is on, where audio goes, how to stay out of it.
     A two-way room posts it in both channels' chat: members of both are heard."""
-    retention = duration(retention_s)
+    kept = f" and for {duration(retention_s)} after" if retention_s > 0 else " (deleted when it stops)"
     then = []
     if two_way and output:
         source = f"{source} and {output} (two-way)"
@@ -109,8 +109,8 @@ def consent_notice(
     return (
         f"🔴 **Live translation is on** in {source}. What members say there is {where_audio_goes(backend)}"
         + (f", then {' and '.join(then)}" if then else "")
-        + f".\nA transcript (who said what, with its translation) is kept in memory while this runs and for "
-        f"{retention} after, for `/translate transcript`; opted-out members are never in it.\n"
+        + f".\nA transcript (who said what, with its translation) is kept in memory while this runs{kept}, for "
+        "`/translate transcript`; opted-out members are never in it.\n"
         "Don't want your voice translated? Run `/translate optout`: Parley then ignores your voice entirely. "
         "`/translate leave` stops it."
     )

@@ -130,11 +130,12 @@ class FakeRooms:
         self.languages: frozenset[str] | None = None  # what the backend lists (None: it can't)
         self.transcripts: dict[int, Any] = {}
 
-    async def join(self, guild_id: int, source: int, output: int | None, captions: int | None) -> RoomStatus:
-        self.calls.append(("join", guild_id, source, output, captions))
+    async def join(self, guild_id: int, source: int, output: int | None, captions: int | None,
+                   two_way: bool = False) -> RoomStatus:
+        self.calls.append(("join", guild_id, source, output, captions, *(("two_way",) if two_way else ())))
         if self.fail:
             raise self.fail
-        self.rooms[guild_id] = RoomStatus(guild_id, source, output, captions, self.backend)
+        self.rooms[guild_id] = RoomStatus(guild_id, source, output, captions, self.backend, two_way=two_way)
         return self.rooms[guild_id]
 
     async def leave(self, guild_id: int) -> None:
@@ -610,3 +611,32 @@ async def test_only_admins_delete_the_transcript(bot: commands.Bot, rooms: FakeR
     ia = FakeInteraction(FakeGuild(FakeChannel(1)), manage_guild=True)
     await run(bot, "transcript", ia, delete=True)
     assert ia.reply == say.NO_TRANSCRIPT
+
+
+async def test_two_way_join_needs_an_output_channel_and_tells_both_channels(
+    bot: commands.Bot, rooms: FakeRooms
+) -> None:
+    source, output, here = FakeChannel(1), FakeChannel(2), FakeChannel(4)
+    ia = FakeInteraction(FakeGuild(source, output, here), voice=source, channel=here)
+    await run(bot, "join", ia, two_way=True)
+    assert ia.reply == say.TWO_WAY_NEEDS_OUTPUT and rooms.calls == []
+    ia = FakeInteraction(FakeGuild(source, output, here), voice=source, channel=here)
+    await run(bot, "join", ia, output_channel=output, two_way=True)
+    assert rooms.calls == [("join", GUILD, 1, 2, None, "two_way")]
+    for channel in (source, output):  # members of both channels are heard: both are told
+        (notice,) = channel.posted
+        assert "<#1> and <#2> (two-way)" in notice and "spoken in the other channel" in notice
+    assert "into each other" in ia.reply
+    status = FakeInteraction(FakeGuild(source, output, here))
+    await run(bot, "status", status)
+    assert "<#1> ⇄ <#2>" in status.reply
+
+
+async def test_two_way_join_without_the_notice_in_the_output_channel_does_not_start(
+    bot: commands.Bot, rooms: FakeRooms
+) -> None:
+    source, output = FakeChannel(1), FakeChannel(2, refuse_posts=True)
+    ia = FakeInteraction(FakeGuild(source, output), voice=source)
+    await run(bot, "join", ia, output_channel=output, two_way=True)
+    assert rooms.calls == [] and source.posted == []  # the first notice was taken back
+    assert "<#2>" in ia.reply

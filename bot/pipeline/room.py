@@ -266,7 +266,7 @@ class Room:
         if speaker is None or speaker.same_language is not None:
             return
         watch = self._same_language_watch.setdefault(user_id, SameLanguageWatch())
-        if watch.see(out):
+        if watch.see(out, asyncio.get_running_loop().time()):
             speaker.same_language = f"already speaks {speaker.language} (heard in their speech)"
             log.info("room %s: member %s already speaks %s; their session is closed and not reopened",
                      self.guild_id, user_id, speaker.language)

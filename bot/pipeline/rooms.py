@@ -225,8 +225,9 @@ class RoomManager:
                 except Exception:
                     await self._undo_join(guild_id, disconnect, two_way)
                     raise
-                room = self._room(guild_id, source_channel_id, output_channel_id, caption_channel_id, mixer,
-                                  opted_out, link)
+                played = self._playback is not None and output_channel_id is not None
+                room = self._room(guild_id, source_channel_id, output_channel_id, caption_channel_id,
+                                  mixer if played else None, opted_out, link)  # no one plays it: audio not kept
                 pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
                 running = _Running(room, mixer, pump, link, self._new_transcript(guild_id, source_channel_id))
                 if back is not None and link.play is not None and output_channel_id is not None:
@@ -261,7 +262,7 @@ class RoomManager:
                      max_tempo=p.max_tempo)
 
     def _room(self, guild_id: int, source_channel_id: int, output_channel_id: int | None,
-              caption_channel_id: int | None, mixer: Mixer, opted_out: set[int], link: VoiceLink) -> Room:
+              caption_channel_id: int | None, mixer: Mixer | None, opted_out: set[int], link: VoiceLink) -> Room:
         """One direction of a room: `link`'s members interpreted, their translations pushed to `mixer`."""
         return Room(
             guild_id, source_channel_id, output_channel_id, caption_channel_id,
@@ -618,9 +619,10 @@ class RoomManager:
     async def _speaks_of(self, guild_id: int, user_id: int) -> str | None:
         return (await self.store.member(guild_id, user_id)).speaks
 
-    def _route(self, guild_id: int, mixer: Mixer, user_id: int, out: SessionOutput) -> None:
+    def _route(self, guild_id: int, mixer: Mixer | None, user_id: int, out: SessionOutput) -> None:
         if isinstance(out, TranslatedAudio):
-            mixer.push(user_id, out.pcm16)
+            if mixer is not None:  # None: captions only (no output channel), translated audio has no listener
+                mixer.push(user_id, out.pcm16)
             return
         running = self._rooms.get(guild_id)
         if running is not None and isinstance(out, SourceText | TargetText):

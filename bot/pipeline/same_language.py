@@ -17,6 +17,8 @@ import langcodes
 from bot.realtime.outputs import SessionOutput, SourceText, TargetText
 
 UTTERANCES_NEEDED = 3  # in a row: one odd utterance (a name, "OK") is not enough to stop translating someone
+PAUSE_S = 4.0  # no text for this long ends an utterance (the translations protocol marks no ends; a translation
+# lagging its speech by more than this would be misread as none, so it is longer than any backend's lag)
 
 
 def same_language(a: str | None, b: str | None) -> bool:
@@ -35,17 +37,28 @@ def _words(text: str) -> str:
 
 class SameLanguageWatch:
     """A speaker's text outputs in, True out once `needed` utterances in a row were not really translated:
-    the translation was the speech again (same words), or nothing came for a whole utterance."""
+    the translation was the speech again (same words), or nothing came for a whole utterance.
 
-    def __init__(self, needed: int = UTTERANCES_NEEDED) -> None:
+    An utterance ends when both its source and translation were marked final (the GA protocol), or when text
+    resumes after `pause_s` of none (the translations protocol streams deltas only): it is judged then."""
+
+    def __init__(self, needed: int = UTTERANCES_NEEDED, pause_s: float = PAUSE_S) -> None:
         self.needed = needed
+        self.pause_s = pause_s
         self.streak = 0
+        self._last: float | None = None
         self._source = ""
         self._target = ""
         self._source_final = False
         self._target_final = False
 
-    def see(self, out: SessionOutput) -> bool:
+    def see(self, out: SessionOutput, now: float = 0.0) -> bool:
+        """`now`: when it arrived (seconds, any monotonic clock)."""
+        if not isinstance(out, SourceText | TargetText):
+            return self.streak >= self.needed
+        if self._last is not None and now - self._last >= self.pause_s and (self._source or self._target):
+            self._judge(translated=bool(_words(self._target)) and _words(self._target) != _words(self._source))
+        self._last = now
         if isinstance(out, SourceText):
             if self._source_final and out.text:  # the next utterance began
                 self._judge(translated=bool(_words(self._target)))

@@ -43,3 +43,22 @@ def test_a_model_that_stays_silent_on_same_language_speech_is_read_as_such() -> 
     utterance(watch, "The meeting starts at ten.", None)
     utterance(watch, "Thank you all.", None)
     assert watch.see(SourceText("And one more", None))  # the third silent utterance is judged when the next begins
+
+
+def test_without_final_marks_a_pause_ends_the_utterance() -> None:
+    """The translations protocol streams deltas with no end marks: a pause of `pause_s` ends an utterance."""
+    watch = SameLanguageWatch(pause_s=4.0)
+    t = 0.0
+    for said in ("Good morning everyone.", "The meeting starts at ten.", "Thank you."):
+        watch.see(SourceText(said[:6], None), t)
+        watch.see(SourceText(said[6:], None), t + 0.5)
+        assert not watch.see(TargetText(said, None), t + 1.5)  # the "translation" repeats it, a second later
+        t += 6.0
+    assert watch.see(SourceText("And", None), t)  # the third is judged when they speak again
+    lagging = SameLanguageWatch(pause_s=4.0)
+    t = 0.0
+    for _ in range(4):  # real translations, lagging the speech by 3 s: never read as same language
+        lagging.see(SourceText("Good morning everyone.", None), t)
+        assert not lagging.see(TargetText("Buenos días a todos.", None), t + 3.0)
+        t += 8.0
+    assert lagging.streak == 0

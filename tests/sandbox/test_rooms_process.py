@@ -3,6 +3,8 @@ transcripts as a file attachment, and two-way rooms."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import pytest_asyncio
 
@@ -135,4 +137,30 @@ async def test_captions_under_the_speakers_name_through_a_webhook_when_parley_ma
     await env.command(room, alice.user, "leave")
     await env.command(room, alice.user, "join", {"caption_channel": room.captions})
     assert len([h for h in env.sb.world.webhooks.values() if h.channel_id == room.captions.id]) == 1
+    assert "Traceback" not in env.bot.text()
+
+
+async def test_same_language_speech_gets_no_paid_session(env: Stack) -> None:
+    room = await env.room("Guild S")
+    alice = await env.person(room, "Alice", room.source)
+    bob = await env.person(room, "Bob", room.source)
+    await env.command(room, alice.user, "language", {"code": "en", "speaks": "en"})  # she said so
+    await env.command(room, bob.user, "language", {"code": "en"})  # he did not: his transcript shows it
+    await env.command(room, alice.user, "join", {"caption_channel": room.captions})
+    before = set(env.localrt.sessions)
+    await alice.speak(env.wavs["morning"])
+    await asyncio.sleep(1.0)
+    assert not set(env.localrt.sessions) - before, "a session was opened to translate English into English"
+    status = await env.command(room, alice.user, "status")
+    assert f"<@{alice.user.id}> is not translated: speaks en, hears en" in status.content, status.content
+    for wav in ("morning", "thanks", "morning", "thanks"):  # each comes back as it was said (en → en)
+        await bob.speak(env.wavs[wav])
+        await asyncio.sleep(5.0)  # a pause ends an utterance (the translations protocol marks no ends)
+    status = await env.command(room, bob.user, "status")  # judged after the third, when he spoke again
+    assert f"<@{bob.user.id}> is not translated: already speaks en" in status.content, status.content
+    assert "dropped" not in status.content  # no output channel: translated audio is not queued for nobody
+    opened = set(env.localrt.sessions)
+    await bob.speak(env.wavs["thanks"])
+    await asyncio.sleep(1.0)
+    assert not set(env.localrt.sessions) - opened, "Bob's speech was sent again after it was seen to be English"
     assert "Traceback" not in env.bot.text()

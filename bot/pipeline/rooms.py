@@ -315,7 +315,23 @@ class RoomManager:
             self._keep_transcript(guild_id, running.transcript)
 
     async def _watch_voice(self, guild_id: int, running: _Running) -> None:
-        """The listener's voice connection ended under a running room (kicked, channel deleted): close it."""
+        """The listener's voice connection ended under a running room (kicked, channel deleted): close it.
+        In a two-way room, the speaker account's ending there stops the way back: that is shown in the status."""
+        if running.reverse is not None:
+            back, listener = asyncio.ensure_future(running.reverse.link.ended.wait()), None
+            try:
+                listener = asyncio.ensure_future(running.link.ended.wait())
+                await asyncio.wait({back, listener}, return_when=asyncio.FIRST_COMPLETED)
+                if back.done() and not running.link.ended.is_set():
+                    running.reverse.room.problem = (f"the speaker account was disconnected from "
+                                                    f"<#{running.reverse.room.source_channel_id}>: it is no longer "
+                                                    "interpreted")
+                    log.warning("room %s: the speaker account left the output channel; the way back stopped",
+                                guild_id)
+            finally:
+                for waiter in (back, listener):
+                    if waiter is not None:
+                        waiter.cancel()
         await running.link.ended.wait()
         if self._rooms.get(guild_id) is not running:
             return

@@ -51,6 +51,7 @@ class FakePlayback:
         self.mixers: dict[int, object] = {}
         self.problems: dict[int, str] = {}
         self.received: dict[int, asyncio.Queue] = {}
+        self.links: dict[int, VoiceLink] = {}
 
     def problem_in(self, guild_id: int) -> str | None:
         return self.problems.get(guild_id)
@@ -69,7 +70,9 @@ class FakePlayback:
         async def disconnect() -> None:
             pass
 
-        return VoiceLink(q, disconnect, lambda uid: uid == 777)  # 777: a bot in the output channel
+        link = VoiceLink(q, disconnect, lambda uid: uid == 777)  # 777: a bot in the output channel
+        self.links[guild_id] = link
+        return link
 
     async def stop(self, guild_id: int) -> None:
         self.mixers.pop(guild_id, None)
@@ -540,6 +543,9 @@ async def test_a_two_way_room_interprets_both_channels_into_each_other(store: St
         assert {uid for _, uid, _ in captions} == {42, 55}  # captions of both sides, one caption channel
         transcript = rooms.transcript(1)
         assert "Speaker 42" in transcript.text and "Speaker 55" in transcript.text
+        playback.links[1].ended.set()  # the speaker account is kicked from the output channel
+        await asyncio.sleep(0.05)
+        assert "speaker account was disconnected from <#200>" in rooms.status(1).problem
         await rooms.set_opt_out(1, 55, True)  # an opt-out reaches the way back too
         before = len(peer.connections)
         await speak(out_q, 55, numbered_audio(3))

@@ -172,7 +172,7 @@ class Mixer:
     def has_audio(self) -> bool:
         """True while a speaker has audio queued or the resampler still holds the tail of some."""
         with self._lock:
-            if any(v.buf or v.out.size for v in self._voices.values()):
+            if any(v.buf or v.out.size or v.stretching for v in self._voices.values()):
                 return True
         return self._zeros_fed < _QUIET_SAMPLES or bool(np.any(self._out))
 

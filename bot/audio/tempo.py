@@ -3,15 +3,17 @@
 Translations run longer than the speech (Spanish came out ~28 % longer than English), so a continuous
 speaker's queue in the mixer grows; playing it a little faster lets the listener catch up instead of losing
 the oldest audio. This wraps `audiotsm`'s WSOLA (waveform-similarity overlap-add), an MIT-licensed numpy
-implementation made for streaming: input in any chunk size, output as it becomes ready, and the speed may
-change between chunks. librubberband sounds better on music but is GPL (Parley is MIT) and needs a
-system library; WSOLA is the classic choice for speech.
+implementation made for real-time use: input in any chunk size, output as it becomes ready, and the speed may
+change between chunks. Its last release is from 2017, but it is small, pure numpy and works with numpy 2;
+librubberband (pyrubberband, pylibrb, pedalboard) is better maintained but GPL (Parley is MIT) and
+pyrubberband only works on whole files through the CLI. WSOLA is the classic choice for speech.
 
 Pure core: numpy in, numpy out, no I/O, no locks (the mixer's reader owns each stretcher).
 
-At 24 kHz a frame of 512 samples (21 ms, half of it the hop) and a search tolerance of 256 samples (10.7 ms,
-one pitch period down to 94 Hz) keep voices natural up to ~1.5×. The stretcher's own delay is what it holds
-before the first output: half a frame plus its look-ahead (see `latency_samples`).
+At 24 kHz a frame of 512 samples (21 ms, half of it the hop) and a search tolerance of 256 samples
+(10.7 ms, one pitch period down to 94 Hz) suit speech at the tempos used here (at most
+`playback.max_tempo`). The stretcher's own delay is what it holds before the first output: half a frame
+plus its look-ahead (see `latency_samples`).
 """
 
 from __future__ import annotations

@@ -615,7 +615,7 @@ class RoomManager:
 
     def _route(self, guild_id: int, mixer: Mixer, user_id: int, out: SessionOutput) -> None:
         if isinstance(out, TranslatedAudio):
-            mixer.push(user_id, out.pcm16)
+            mixer.push(user_id, out.pcm16, out.received_at)
             return
         running = self._rooms.get(guild_id)
         if running is not None and isinstance(out, SourceText | TargetText):

@@ -405,8 +405,10 @@ class RoomManager:
             log.warning("language check for %s: %s", language, e)
             raise PipelineError("I can't reach the translation backend right now; please try again.") from None
         finally:
-            with contextlib.suppress(Exception):
-                await session.abort()
+            try:
+                await session.abort()  # the answer stands; a socket that would not close is still worth a line
+            except Exception as e:
+                log.warning("language check for %s: closing the probe session failed: %r", language, e)
 
     async def output_languages(self) -> frozenset[str] | None:
         """The target languages a listing backend accepts (cached), or None: it can't list them (any may work,

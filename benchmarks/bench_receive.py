@@ -53,7 +53,7 @@ class NullSink:
     def __init__(self) -> None:
         self.frames = 0
 
-    def on_frame(self, user_id: int, pcm: bytes) -> None:
+    def on_frame(self, user_id: int, pcm: bytes, at: float = 0.0) -> None:
         self.frames += 1
 
     def on_stream_end(self, user_id: int) -> None:

@@ -3,7 +3,8 @@
 A custom collector asks the running app what it has — rooms, speakers, open sessions, dollars, the
 listener's receive counters by outcome, the speaker account's player restarts — so nothing on the audio
 path pays for bookkeeping and there is one source of truth: the components' own counters. No per-member
-labels (cardinality, and privacy).
+labels (cardinality, and privacy). The latency histograms (`bot.latency`) are the one exception to
+"read at scrape time": a delay exists only when it ends, so it is observed there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from bot import latency
 
 log = logging.getLogger("parley.metrics")
 
@@ -94,6 +97,8 @@ class MetricsServer:
     def __init__(self, app: _App, host: str, port: int) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(AppCollector(app))
+        for histogram in latency.ALL:  # the delays members feel, observed where each one ends
+            self.registry.register(histogram)
         self.host, self.port = host, port
         self._server: Any = None
         self._thread: Any = None

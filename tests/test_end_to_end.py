@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bot import latency
 from bot.config import load_settings, resolve_endpoint
 from bot.localrt.config import LocalRTConfig
 from bot.localrt.engines.bundle import Engines
@@ -63,6 +64,7 @@ async def test_member_speech_comes_out_translated_in_the_output_mix(tmp_path: Pa
         speech = espeak_speech("Good morning everyone. The meeting starts at ten o'clock.")
         datagrams = peer.send_pcm(to_stereo_bytes(speech)) + [peer.send_opus(SILENCE_FRAME) for _ in range(5)]
         played: list[np.ndarray] = []
+        before = [latency.count(h) for h in latency.ALL]
         t0 = loop.time()
         for i, d in enumerate(datagrams):
             receiver.feed(d, loop.time())
@@ -75,6 +77,11 @@ async def test_member_speech_comes_out_translated_in_the_output_mix(tmp_path: Pa
         await rooms.leave(1)
         await store.close()
 
+    # every delay a member feels was measured along the way (bot.latency, exported at /metrics)
+    after = [latency.count(h) for h in latency.ALL]
+    upstream, downstream, end_to_audio = (a - b for a, b in zip(after, before, strict=True))
+    assert upstream >= 10  # one per 200 ms chunk of speech sent (the trailing silence has no arrival)
+    assert downstream >= 1 and end_to_audio >= 1
     outcomes = receiver.counters()["outcomes"]
     assert outcomes["decoded"] == len(datagrams) - 5 and outcomes["silence"] == 5
     source = "".join(o.text for _, _, o in captions if isinstance(o, SourceText)).lower()

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import soxr
 
+from bot import latency
 from bot.audio.pcm import SCALE, to_int16
 from bot.audio.tempo import Stretcher
 
@@ -73,10 +75,15 @@ class MixerStats:
 class _Voice:
     """One speaker's queue and play state (guarded by the mixer's queue lock)."""
 
-    __slots__ = ("buf", "gain", "out", "playing", "since", "stalled", "stretcher", "stretching", "waited")
+    __slots__ = ("buf", "gain", "marks", "out", "playing", "pushed", "since", "stalled", "stretcher", "stretching",
+                 "taken", "waited")
 
     def __init__(self) -> None:
         self.buf = bytearray()  # deleting from the front of a bytearray is amortised O(1) in CPython
+        # Delta arrival marks for bot.latency: (byte offset of a delta's start in everything pushed, arrival).
+        self.marks: deque[tuple[int, float]] = deque()
+        self.pushed = 0  # bytes ever pushed
+        self.taken = 0  # bytes ever taken off the front of buf (played or dropped)
         self.playing = False
         self.waited = 0  # reads spent waiting for the prebuffer
         self.stalled = False  # stopped playing with part of a frame left: a tail, or audio arriving late
@@ -141,14 +148,20 @@ class Mixer:
         self._gaps = 0
 
     # -- event loop side --------------------------------------------------------------------------------
-    def push(self, key: int, pcm16_24k_mono: bytes) -> None:
-        """Queue translated audio for `key` (any length); past the backlog bound the oldest audio goes."""
+    def push(self, key: int, pcm16_24k_mono: bytes, received_at: float | None = None) -> None:
+        """Queue translated audio for `key` (any length); past the backlog bound the oldest audio goes.
+
+        `received_at` (bot.latency's clock): when it came off the websocket; the frame that starts playing it
+        records the delay in `bot.latency.DELTA_TO_FRAME`."""
         if not pcm16_24k_mono:
             return
         with self._lock:
             voice = self._voices.get(key)
             if voice is None:
                 voice = self._voices[key] = _Voice()
+            if received_at is not None:
+                voice.marks.append((voice.pushed, received_at))
+            voice.pushed += len(pcm16_24k_mono)
             buf = voice.buf
             buf += pcm16_24k_mono
             excess = len(buf) + voice.out.size * 2 - self._max_backlog_bytes
@@ -156,6 +169,10 @@ class Mixer:
                 excess = min(excess + (excess & 1), len(buf))  # whole samples only: the queue stays aligned
                 del buf[:excess]
                 self._dropped += excess // 2
+                voice.taken += excess
+                marks = voice.marks
+                while marks and marks[0][0] < voice.taken:  # dropped before it was heard: no delay to record
+                    marks.popleft()
 
     def remove(self, key: int) -> int:
         """Forget a speaker; returns how many queued samples were discarded with it."""
@@ -229,7 +246,7 @@ class Mixer:
                     speed = self._speed(have)
                     need = _STRETCH_READY - voice.out.size
                     take = min(n, 2 * math.ceil(need * speed)) if need > 0 else 0
-                    plans.append((voice, self._slice(buf, take, speed), speed, n == 0))
+                    plans.append((voice, self._slice(voice, take, speed), speed, n == 0))
                     continue
                 if voice.playing and have < IN_FRAME_SAMPLES:
                     voice.playing = False  # ran dry, or this is the tail: re-buffer, or play it after a wait
@@ -253,16 +270,24 @@ class Mixer:
                     speed = self._speed(have)
                     take = min(n, 2 * (math.ceil((_STRETCH_READY - voice.out.size) * speed)
                                        + Stretcher.latency_samples()))
-                    plans.append((voice, self._slice(buf, take, speed), speed, False))
+                    plans.append((voice, self._slice(voice, take, speed), speed, False))
                     continue
                 take = min(n, 2 * max(0, IN_FRAME_SAMPLES - voice.out.size))
-                plans.append((voice, self._slice(buf, take, None), None, False))
+                plans.append((voice, self._slice(voice, take, None), None, False))
         return plans
 
-    def _slice(self, buf: bytearray, take: int, speed: float | None) -> bytes:
-        """Under the queue lock: the first `take` bytes of a queue, counted."""
+    def _slice(self, voice: _Voice, take: int, speed: float | None) -> bytes:
+        """Under the queue lock: the first `take` bytes of a speaker's queue, counted; the deltas whose start
+        is in them are being played now."""
+        buf = voice.buf
         chunk = bytes(buf[:take])
         del buf[:take]
+        voice.taken += take
+        marks = voice.marks
+        if marks and marks[0][0] < voice.taken:
+            now = latency.now()
+            while marks and marks[0][0] < voice.taken:
+                latency.DELTA_TO_FRAME.observe(now - marks.popleft()[1])
         self._mixed += take // 2
         if speed is not None and speed > 1.0:
             self._sped_up += take // 2

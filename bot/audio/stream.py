@@ -147,8 +147,9 @@ class ReceiveStream:
         frames = self._resampler.push(pcm)
         if frames:
             sink, uid = self._sink, self.user_id
+            at = self.last_arrival
             for f in frames:
-                sink.on_frame(uid, f)
+                sink.on_frame(uid, f, at)
             self._stats[STAT_OUT] += len(frames)
 
     def _end_stream(self) -> None:
@@ -158,7 +159,7 @@ class ReceiveStream:
         sink, uid = self._sink, self.user_id
         frames = self._resampler.flush()
         for f in frames:
-            sink.on_frame(uid, f)
+            sink.on_frame(uid, f, self.last_arrival)
         self._stats[STAT_OUT] += len(frames)
         self._decoder.reset()
         sink.on_stream_end(uid)

@@ -92,7 +92,7 @@ class Room:
 
     # --- frames in ------------------------------------------------------------------------------
 
-    def feed(self, user_id: int, pcm: bytes, end: bool = False) -> None:
+    def feed(self, user_id: int, pcm: bytes, end: bool = False, at: float = 0.0) -> None:
         """Route one frame from the listener. Synchronous and cheap: it only enqueues."""
         if user_id in self.opted_out:
             self.frames_withheld += not end
@@ -121,13 +121,13 @@ class Room:
             )
             self.speakers[user_id] = speaker
             self._tasks[speaker] = asyncio.create_task(self._supervise(speaker), name=f"speaker-{user_id}")
-        speaker.feed(pcm, end)
+        speaker.feed(pcm, end, at)
 
     async def pump(self, frames: asyncio.Queue) -> None:
         """Consume the listener's queue of `VoiceFrame`s until cancelled."""
         while True:
             frame = await frames.get()
-            self.feed(frame.user_id, frame.pcm, frame.end)
+            self.feed(frame.user_id, frame.pcm, frame.end, frame.at)
 
     async def _supervise(self, speaker: Speaker) -> None:
         """The speaker's task: run it; an unexpected failure is logged once and shown, never silent."""

@@ -427,8 +427,10 @@ class RoomManager:
             log.warning("language check for %s: %s", language, e)
             raise PipelineError("I can't reach the translation backend right now; please try again.") from None
         finally:
-            with contextlib.suppress(Exception):
-                await session.abort()
+            try:
+                await session.abort()  # the answer stands; a socket that would not close is still worth a line
+            except Exception as e:
+                log.warning("language check for %s: closing the probe session failed: %r", language, e)
 
     async def output_languages(self) -> frozenset[str] | None:
         """The target languages a listing backend accepts (cached), or None: it can't list them (any may work,
@@ -638,7 +640,7 @@ class RoomManager:
     def _route(self, guild_id: int, mixer: Mixer | None, user_id: int, out: SessionOutput) -> None:
         if isinstance(out, TranslatedAudio):
             if mixer is not None:  # None: captions only (no output channel), translated audio has no listener
-                mixer.push(user_id, out.pcm16)
+                mixer.push(user_id, out.pcm16, out.received_at)
             return
         running = self._rooms.get(guild_id)
         if running is not None and isinstance(out, SourceText | TargetText):

@@ -21,9 +21,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
+from bot import latency
 from bot.pipeline.same_language import same_language
 from bot.pipeline.service import CapReached, LanguageRefused, PipelineError
-from bot.realtime.outputs import SessionError, SessionOutput
+from bot.realtime.outputs import SessionError, SessionOutput, TranslatedAudio
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
 
 log = logging.getLogger("parley.pipeline")
@@ -69,6 +70,7 @@ class Speaker:
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_queued_frames)
         self.session: TranslationSession | None = None
         self.speaking = False
+        self._speech_ended_at: float | None = None  # the member stopped talking; no translated audio yet
         self.frames_in = 0
         self.frames_refused = 0  # speech that arrived while no session could be opened
         self.frames_dropped = 0  # the queue was full: the oldest frames were dropped
@@ -83,9 +85,9 @@ class Speaker:
 
     # --- what the room calls --------------------------------------------------------------------
 
-    def feed(self, pcm: bytes, end: bool = False) -> None:
+    def feed(self, pcm: bytes, end: bool = False, at: float = 0.0) -> None:
         """A 20 ms frame from the receiver (or the end of the member's talk spurt). Never blocks."""
-        self._put((pcm, end))
+        self._put((pcm, end, at))
 
     def stop(self) -> None:
         """Finish gracefully: the current session is closed with its last words, then `run` returns."""
@@ -137,7 +139,7 @@ class Speaker:
             item = await self._queue.get()  # idle: wait for the member to speak
             if item is _CLOSE:
                 return
-            pcm, end = item  # type: ignore[misc]
+            pcm, end, at = item  # type: ignore[misc]
             if end:
                 continue
             self.frames_in += 1
@@ -158,7 +160,7 @@ class Speaker:
                 async with self._lease(self.user_id, self.language) as session:
                     self.sessions_opened += 1
                     self.problem = None
-                    if await self._serve(session, pcm):
+                    if await self._serve(session, pcm, at):
                         return
             except CapReached as e:  # not an error: translated again once a slot or the budget frees up
                 self.frames_refused += 1
@@ -179,12 +181,12 @@ class Speaker:
             log.log(level, "speaker %s: not translated: %s", self.user_id, reason)
         self.problem = reason
 
-    async def _serve(self, session: TranslationSession, first: bytes) -> bool:
+    async def _serve(self, session: TranslationSession, first: bytes, first_at: float = 0.0) -> bool:
         """Stream one session, then close it (gracefully unless aborting). True = stop the speaker."""
         self.session = session
         forward = asyncio.create_task(self._forward(session), name=f"speaker-{self.user_id}-outputs")
         try:
-            stop = await self._stream(session, first)
+            stop = await self._stream(session, first, first_at)
             if self.aborting:
                 await session.abort()
             else:
@@ -201,13 +203,13 @@ class Speaker:
             with contextlib.suppress(asyncio.CancelledError):
                 await forward
 
-    async def _stream(self, session: TranslationSession, first: bytes) -> bool:
+    async def _stream(self, session: TranslationSession, first: bytes, first_at: float = 0.0) -> bool:
         """Feed one session until the member has been silent for the idle timeout. True = stop."""
         loop = asyncio.get_running_loop()
         try:
             t0 = loop.time()
             sent_ms = 0
-            await session.send_audio(first)
+            await session.send_audio(first, first_at)
             sent_ms += DISCORD_FRAME_MS
             last_speech = loop.time()
             self.speaking = True
@@ -227,12 +229,13 @@ class Speaker:
                 while item is not None:
                     if item is _CLOSE:
                         return True
-                    pcm, end = item  # type: ignore[misc]
+                    pcm, end, at = item  # type: ignore[misc]
                     if end:
                         self.speaking = False
+                        self._speech_ended_at = latency.now()
                     else:
                         self.frames_in += 1
-                        await session.send_audio(pcm)
+                        await session.send_audio(pcm, at)
                         sent_ms += DISCORD_FRAME_MS
                         last_speech = loop.time()
                         self.speaking = True
@@ -258,4 +261,7 @@ class Speaker:
 
     async def _forward(self, session: TranslationSession) -> None:
         async for out in session.outputs():
+            if self._speech_ended_at is not None and isinstance(out, TranslatedAudio):
+                latency.SPEECH_END_TO_AUDIO.observe(latency.now() - self._speech_ended_at)
+                self._speech_ended_at = None
             self._on_output(self.user_id, out)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 class TranslatedAudio:
     pcm16: bytes  # mono, little-endian, 24 kHz
     elapsed_ms: int | None
+    received_at: float | None = None  # when it was read off the websocket (bot.latency's clock)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,11 +43,12 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from bot import latency
 from bot.logsafe import redacting_logger
 from bot.realtime.backoff import Backoff
 from bot.realtime.cost import CostMeter
 from bot.realtime.options import Endpoint, RealtimeOptions, SessionOptions
-from bot.realtime.outputs import SessionError, SessionOutput
+from bot.realtime.outputs import SessionError, SessionOutput, TranslatedAudio
 from bot.realtime.protocol import RealtimeProtocol, TranslationProtocol, WireProtocol
 from bot.realtime.replay_buffer import BYTES_PER_MS, ReplayBuffer
 
@@ -201,6 +202,7 @@ class TranslationSession:
         self.cost = CostMeter(endpoint.price_per_minute)
         self.stats = SessionStats()
         self._pending = bytearray()  # less than one chunk, not yet sent
+        self._pending_since = 0.0  # arrival of the earliest audio in _pending (0: none known)
         self._sent = 0  # stream bytes handed to a socket (or buffered for one)
         self._ack = 0  # stream bytes the server has answered for
         self._voiced_end = 0  # stream offset where the last chunk that was not silence ended
@@ -269,19 +271,25 @@ class TranslationSession:
         # from here the supervisor owns `conn`: it closes it in its `finally`
         self._supervisor = asyncio.create_task(self._supervise(conn), name=f"{self.name}-supervisor")
 
-    async def send_audio(self, pcm16: bytes) -> None:
-        """Append 24 kHz mono pcm16. Sent in whole chunks; buffered (bounded) while reconnecting."""
+    async def send_audio(self, pcm16: bytes, arrived_at: float = 0.0) -> None:
+        """Append 24 kHz mono pcm16. Sent in whole chunks; buffered (bounded) while reconnecting.
+
+        ``arrived_at``: when this audio reached Parley (`bot.latency`'s clock; 0 = unknown, e.g. padding), so
+        the delay until its chunk is on the websocket is measured from the chunk's earliest arrival."""
         if self._failure is not None:
             raise self._failure
         if self._phase in (SessionPhase.CLOSING, SessionPhase.CLOSED):
             raise RuntimeError(f"{self.name}: send_audio after close()")
         if len(pcm16) & 1:
             raise ValueError("pcm16 audio must be a whole number of 16-bit samples")
+        if arrived_at and not self._pending_since:
+            self._pending_since = arrived_at
         self._pending += pcm16
         while len(self._pending) >= self._chunk_bytes:
             chunk = bytes(self._pending[: self._chunk_bytes])
             del self._pending[: self._chunk_bytes]
-            await self._send_chunk(chunk)
+            since, self._pending_since = self._pending_since, (arrived_at if self._pending else 0.0)
+            await self._send_chunk(chunk, since)
 
     async def set_language(self, language: str) -> None:
         """Change the target language live and wait for the server to apply it.
@@ -400,7 +408,7 @@ class TranslationSession:
 
     # --- sending --------------------------------------------------------------------------------
 
-    async def _send_chunk(self, chunk: bytes) -> None:
+    async def _send_chunk(self, chunk: bytes, since: float = 0.0) -> None:
         async with self._lock:
             silent = _is_silent(chunk)
             self._replay.append(chunk)
@@ -417,6 +425,8 @@ class TranslationSession:
             try:
                 await conn.ws.send(conn.protocol.append(chunk))
                 self.cost.add_audio(len(chunk))
+                if since:
+                    latency.PACKET_TO_WEBSOCKET.observe(latency.now() - since)
             except ConnectionClosed:
                 self._mark_down(conn)
 
@@ -636,7 +646,10 @@ class TranslationSession:
                 conn.fatal = err
         base_ms = conn.base // BYTES_PER_MS
         for out in r.outputs:
-            if getattr(out, "elapsed_ms", None) is not None:
+            if isinstance(out, TranslatedAudio):
+                elapsed = None if out.elapsed_ms is None else base_ms + out.elapsed_ms
+                out = dataclasses.replace(out, elapsed_ms=elapsed, received_at=latency.now())
+            elif getattr(out, "elapsed_ms", None) is not None:
                 out = dataclasses.replace(out, elapsed_ms=base_ms + out.elapsed_ms)  # type: ignore[arg-type]
             self._queue.put_nowait(out)
 

@@ -26,7 +26,7 @@ class TimelineSink:
         self.samples: dict[int, bytearray] = {}
         self._talking: set[int] = set()
 
-    def on_frame(self, user_id: int, pcm: bytes) -> None:
+    def on_frame(self, user_id: int, pcm: bytes, at: float = 0.0) -> None:
         buf = self.samples.setdefault(user_id, bytearray())
         if user_id not in self._talking:
             self._talking.add(user_id)

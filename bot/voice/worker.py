@@ -41,6 +41,7 @@ class VoiceFrame:
     user_id: int
     pcm: bytes
     end: bool = False
+    at: float = 0.0  # when the datagram that completed it arrived (monotonic): see bot.latency
 
 
 class AsyncioFrameSink:
@@ -65,8 +66,8 @@ class AsyncioFrameSink:
             except asyncio.QueueFull:
                 self.dropped += 1
 
-    def on_frame(self, user_id: int, pcm: bytes) -> None:
-        self._batch.append(VoiceFrame(user_id, pcm))
+    def on_frame(self, user_id: int, pcm: bytes, at: float = 0.0) -> None:
+        self._batch.append(VoiceFrame(user_id, pcm, False, at))
 
     def on_stream_end(self, user_id: int) -> None:
         self._batch.append(VoiceFrame(user_id, b"", True))

@@ -168,6 +168,25 @@ def test_prebuffer_holds_a_speaker_back_until_enough_is_queued() -> None:
     assert mixer.stats().samples_mixed == 480
 
 
+def test_the_frame_that_starts_a_delta_records_its_delay_and_dropped_deltas_record_none() -> None:
+    from bot import latency
+
+    mixer = Mixer(max_backlog_s=1.0, prebuffer_ms=0)
+    before_n = latency.count(latency.DELTA_TO_FRAME)
+    arrived = latency.now() - 0.5  # as if it had come off the websocket half a second ago
+    mixer.push(7, tone(440, 0.1), received_at=arrived)
+    mixer.push(7, tone(440, 0.1), received_at=arrived)  # starts 100 ms in: observed by the 6th frame
+    read(mixer, 1)
+    assert latency.count(latency.DELTA_TO_FRAME) == before_n + 1
+    read(mixer, 5)
+    assert latency.count(latency.DELTA_TO_FRAME) == before_n + 2
+    # a delta pushed out by the backlog bound before it was heard is not a delay anyone felt
+    mixer.push(8, tone(440, 0.4), received_at=latency.now())
+    mixer.push(8, tone(440, 1.0), received_at=latency.now())  # drops the first 0.4 s
+    read(mixer, 1)
+    assert latency.count(latency.DELTA_TO_FRAME) == before_n + 3
+
+
 def test_remove_discards_a_speaker() -> None:
     mixer = Mixer()
     mixer.push(3, tone(300, 0.2))

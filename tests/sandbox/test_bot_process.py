@@ -73,6 +73,10 @@ async def test_metrics_count_rooms_sessions_and_packets(env: Stack) -> None:
     assert values["parley_rooms"] >= 1, text
     assert values['parley_voice_packets_total{outcome="decoded"}'] > 50, text
     assert "Alice" not in text and "user" not in text  # no per-member labels
+    # the delays members feel: Alice's speech went upstream, came back translated and was played
+    for span in ("packet_to_websocket", "delta_to_frame", "speech_end_to_audio"):
+        assert values[f"parley_{span}_seconds_count"] >= 1, text
+    assert values["parley_packet_to_websocket_seconds_sum"] / values["parley_packet_to_websocket_seconds_count"] < 2
 
 
 async def test_language_change_reaches_the_running_session(env: Stack) -> None:

@@ -35,7 +35,7 @@ from bot.metrics import MetricsServer
 from bot.pipeline.rooms import DiscordCaptions, RoomManager, discord_voice_join
 from bot.playback.captions import CaptionRouter
 from bot.playback.speaker_account import PlaybackError, SpeakerAccount, speaker_intents
-from bot.store import Store, StoreError
+from bot.store import Store, StoreError, redact, sqlite_path
 from cogs.translate import TranslateCog
 
 log = logging.getLogger("parley")
@@ -100,7 +100,7 @@ class App:
 async def build(settings: Settings) -> App:
     """Everything wired, nothing connected yet (testable offline)."""
     endpoint = resolve_endpoint(settings)
-    store = await Store.open(settings.store.path)
+    store = await Store.open(settings.store.target)
     listener = _Listener(command_prefix=commands.when_mentioned, intents=listener_intents(), help_command=None,
                          **discord_client_options(settings.discord))
     speaker = None
@@ -125,7 +125,7 @@ async def serve(settings: Settings) -> int:
     try:
         app = await build(settings)
     except StoreError as e:
-        raise ConfigError(f"store.path: {e}") from None
+        raise ConfigError(f"{settings.store.field}: {e}") from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -365,7 +365,10 @@ def check(settings: Settings, source: str) -> int:
         else:
             found.append(Finding("error", "target_language", f"{backend} cannot produce {languages_code!r} "
                                  f"(it lists: {', '.join(sorted(listed)) or 'nothing'})"))
-    found.append(check_store(settings.store.path))
+    if settings.store.url is None or settings.store.url.startswith("sqlite:"):
+        found.append(check_store(Path(sqlite_path(settings.store.target))))
+    else:
+        found.append(Finding("ok", "store.url", f"{redact(settings.store.url)} (PostgreSQL: reached at start-up)"))
     if secrets.discord_token is None:
         found.append(Finding("error", "DISCORD_TOKEN",
                              "not set: the listener account's bot token (README: Inviting the two bot accounts); "

@@ -126,6 +126,7 @@ async def serve(settings: Settings) -> int:
         app = await build(settings)
     except StoreError as e:
         raise ConfigError(f"{settings.store.field}: {e}") from None
+    await app.rooms.start()  # the spend of sessions a killed previous run left open is recorded now
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()

@@ -38,6 +38,7 @@ class BudgetReached(CapReached):
 
 REFUSAL_RETRY_S = 1.0  # a speaker refused by the store's caps asks the store again after this, not every frame
 STORE_RETRY_S = 1.0  # after a store error, a reservation is asked for again after this
+UNCONFIRMED_BUDGET = "Translation paused: today's budget is nearly spent and is being checked."
 UNCHECKED_BUDGET = "Translation is paused: Parley cannot check today's budget (its database does not answer)."
 
 
@@ -56,9 +57,6 @@ class Lease:
     guild_id: int
     reserved: float
     session: TranslationSession | None = None
-    denied: bool = False  # the store refused to reserve more: it stops once its cost reaches `reserved`
-    retry_at: float = 0.0  # monotonic: no reservation asked before this (after a store error)
-    extending: asyncio.Task[None] | None = None
     closed: bool = False
 
     @property
@@ -79,6 +77,11 @@ class _Guild:
     day: dt.date | None = None
     closed_usd: float = 0.0  # the ledger of `day` as last known, plus what this process closed since
     refused: tuple[float, str] | None = None  # (monotonic until, reason): the store said no a moment ago
+    # The guild's sessions in this process share what they reserved: they stop together (the room's stop
+    # reason is per guild) once their costs reach the sum of their reservations and the store has no more.
+    denied: bool = False  # the store's last answer: nothing more to reserve today
+    retry_at: float = 0.0  # monotonic: no reservation asked before this (after a store error)
+    extending: asyncio.Task[None] | None = None
 
 
 class Caps:
@@ -208,6 +211,13 @@ class Caps:
         g = self._guild(lease.guild_id)
         g.leases.discard(lease)
         usd = lease.usd
+        excess = usd - lease.reserved  # it spent some of its siblings' reservations: they have that much less
+        for other in sorted(g.leases, key=lambda x: x.usd - x.reserved):
+            if excess <= 0:
+                break
+            take = min(excess, max(0.0, other.reserved - other.usd))
+            other.reserved -= take
+            excess -= take
         today = self._today()
         if g.day != today:
             g.day, g.closed_usd = today, 0.0
@@ -239,15 +249,18 @@ class Caps:
             return None
         if not g.leases:
             return self.budget_reason() if g.day == self._today() and g.closed_usd >= budget else None
+        usd = sum(lease.usd for lease in g.leases)
+        reserved = sum(lease.reserved for lease in g.leases)
+        if g.denied and usd >= reserved:
+            return self.budget_reason()
+        if g.extending is not None and usd >= reserved:  # more was asked for but is not granted yet: no
+            return UNCONFIRMED_BUDGET  # spending on credit (only near the end of the budget, or a slow store)
         now = time.monotonic()
-        for lease in g.leases:
-            usd = lease.usd
-            if lease.denied and usd >= lease.reserved:
-                return self.budget_reason()
-            if (not lease.denied and lease.extending is None and now >= lease.retry_at
-                    and usd >= lease.reserved - self._quantum() / 2):
-                lease.extending = asyncio.create_task(self._extend(lease), name=f"reserve-{guild_id}")
-            elif lease.extending is None and now < lease.retry_at and usd >= lease.reserved:
+        if g.extending is None and usd >= reserved - self._quantum() / 2:
+            if now >= g.retry_at:  # ask for more before it runs out: the one that spent most holds it
+                lease = max(g.leases, key=lambda x: x.usd - x.reserved)
+                g.extending = asyncio.create_task(self._extend(g, lease), name=f"reserve-{guild_id}")
+            elif usd >= reserved:
                 return UNCHECKED_BUDGET  # the store does not answer: the budget cannot be checked
         return None
 
@@ -275,7 +288,7 @@ class Caps:
         own_open = sum(lease.usd for lease in g.leases)
         g.closed_usd = max(g.closed_usd, ledger - own_open)
 
-    async def _extend(self, lease: Lease) -> None:
+    async def _extend(self, g: _Guild, lease: Lease) -> None:
         try:
             grant = await self.store.extend_lease(
                 lease.lease_id, lease.usd, reserve_usd=self._quantum(), budget_usd=self.caps.daily_budget_usd,
@@ -283,19 +296,21 @@ class Caps:
             )
         except Exception as e:
             self._store_failed(e)
-            lease.retry_at = time.monotonic() + STORE_RETRY_S
+            g.retry_at = time.monotonic() + STORE_RETRY_S
         else:
             self._store_ok()
-            lease.reserved += grant.reserved
-            if grant.refused is not None:
-                lease.denied = True
+            if not lease.closed:
+                lease.reserved += grant.reserved
+            g.denied = grant.refused is not None
+            self._learn(g, grant.spent)
         finally:
-            lease.extending = None
+            g.extending = None
 
     async def _close(self, lease: Lease) -> None:
-        if lease.extending is not None:
+        extending = self._guild(lease.guild_id).extending
+        if extending is not None:  # its reservation lands on the row before the row is closed
             with contextlib.suppress(Exception):
-                await asyncio.shield(lease.extending)
+                await asyncio.shield(extending)
         await self._save()
 
     async def _save(self) -> None:

@@ -233,8 +233,7 @@ class PostgresStore(Store):
                 return Grant(0.0, 0.0, "budget")
             await c.execute("SELECT pg_advisory_xact_lock($1, $2)", _GUILD_LOCK_CLASS, _lock_key(guild_id))
             await c.execute(
-                "UPDATE leases SET usd = $1, day = $2, seen_at = $3, reserved = GREATEST(reserved, $1) "
-                "WHERE lease_id = $4",
+                "UPDATE leases SET usd = $1, day = $2, seen_at = $3 WHERE lease_id = $4",
                 float(usd), d, time.time(), lease_id,
             )
             spent, committed = await _totals(c, guild_id, d)
@@ -333,7 +332,7 @@ def _reservation(reserve_usd: float, budget_usd: float | None, committed: float)
 async def _totals(c: asyncpg.Connection, guild_id: int, day: date) -> tuple[float, float]:
     row = await c.fetchrow(
         "SELECT COALESCE((SELECT usd FROM spend WHERE guild_id = $1 AND day = $2), 0), "
-        "COALESCE(SUM(usd), 0), COALESCE(SUM(GREATEST(usd, reserved)), 0) FROM leases "
+        "COALESCE(SUM(usd), 0), COALESCE(SUM(reserved), 0) FROM leases "
         "WHERE guild_id = $1 AND day = $2",
         guild_id, day,
     )

@@ -249,8 +249,8 @@ class SqliteStore(Store):
                 return Grant(0.0, 0.0, "budget")
             guild_id = row[0]
             await c.execute(
-                "UPDATE leases SET usd = ?, day = ?, seen_at = ?, reserved = MAX(reserved, ?) WHERE lease_id = ?",
-                (usd, d, time.time(), usd, lease_id),
+                "UPDATE leases SET usd = ?, day = ?, seen_at = ? WHERE lease_id = ?",
+                (usd, d, time.time(), lease_id),
             )
             spent, committed = await _totals(c, guild_id, d)
             reserve = _reservation(reserve_usd, budget_usd, committed)
@@ -386,10 +386,13 @@ async def _spent(c: aiosqlite.Connection, guild_id: int, day: str) -> float:
 
 
 async def _totals(c: aiosqlite.Connection, guild_id: int, day: str) -> tuple[float, float]:
-    """(spent, committed): the day's ledger plus open leases' costs, and plus their reservations where larger."""
+    """(spent, committed): the day's ledger plus open leases' checkpointed costs, and plus their reservations.
+
+    A process keeps its sessions' costs within their reservations (caps.py), so the reservations bound what open
+    leases can spend; a checkpoint that lags changes nothing here."""
     async with c.execute(
         "SELECT COALESCE((SELECT usd FROM spend WHERE guild_id = ? AND day = ?), 0), "
-        "COALESCE(SUM(usd), 0), COALESCE(SUM(MAX(usd, reserved)), 0) FROM leases WHERE guild_id = ? AND day = ?",
+        "COALESCE(SUM(usd), 0), COALESCE(SUM(reserved), 0) FROM leases WHERE guild_id = ? AND day = ?",
         (guild_id, day, guild_id, day),
     ) as cur:
         ledger, live, held = await cur.fetchone()  # type: ignore[misc]

@@ -213,6 +213,15 @@ class Settings(_Section):
     def _language_code(cls, v: str) -> str:
         return check_language(v)
 
+    @field_validator("local")
+    @classmethod
+    def _worker_urls(cls, v: LocalRTConfig) -> LocalRTConfig:
+        for url in v.urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("ws", "wss") or not parts.netloc:
+                raise ValueError(f"urls: each bot.localrt worker is a ws:// or wss:// URL, got {url!r}")
+        return v
+
 
 def check_language(code: str) -> str:
     """A target language is an ISO 639 code, optionally with a region (`es`, `pt-BR`)."""
@@ -232,6 +241,13 @@ def resolve_endpoint(settings: Settings) -> Endpoint:
         else:
             url, protocol, model, price = "realtime", "realtime", models.realtime, prices.openai_realtime
         return Endpoint(_with_model(f"{OPENAI_WS_BASE}/{url}", model), protocol, model, secrets.openai_api_key, price)
+    if backend == "local" and settings.local.urls:  # a pool of workers: each connect picks the least loaded
+        from bot.realtime.pool import WorkerPool
+
+        key = secrets.localrt_api_key
+        urls = [_with_model(_translations_url(u), models.translate) for u in settings.local.urls]
+        pool = WorkerPool(urls, key.get_secret_value() if key is not None else None)
+        return Endpoint(urls[0], "translation", models.translate, key, prices.local, pool=pool)
     if backend == "local":
         host = settings.local.host if settings.local.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return Endpoint(
@@ -249,6 +265,15 @@ def resolve_endpoint(settings: Settings) -> Endpoint:
     # OpenAI key only over wss://.
     key = secrets.localrt_api_key or (secrets.openai_api_key if parts.scheme == "wss" else None)
     return Endpoint(url if "model=" in parts.query else _with_model(url, model), protocol, model, key, prices.url)
+
+
+def _translations_url(base: str) -> str:
+    """ws://host:port (or …/v1) → ws://host:port/v1/realtime/translations."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/realtime/translations"):
+        path = f"{path}/realtime/translations" if path.endswith("/v1") else f"{path}/v1/realtime/translations"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def _with_model(url: str, model: str) -> str:

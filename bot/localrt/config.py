@@ -101,6 +101,11 @@ class LocalRTConfig(_Section):
         20.0, gt=0, description="queued input audio above which the server stops reading (back-pressure)"
     )
     session_ttl_s: int = Field(3600, ge=60, description="advertised in expires_at")
+    urls: list[str] = Field(
+        default_factory=list,
+        description="the bot's side: several workers (ws://host:port each) for backend local; each session goes "
+        "to the least-loaded healthy one; empty = the one at host:port",
+    )
     vad: VADConfig = Field(default_factory=VADConfig)
     asr: ASRConfig = Field(default_factory=ASRConfig)
     mt: MTConfig = Field(default_factory=MTConfig)

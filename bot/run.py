@@ -72,10 +72,37 @@ def discord_client_options(config: DiscordConfig) -> dict[str, object]:
     return {"connector": aiohttp.TCPConnector(ssl=context)}
 
 
-class _Listener(commands.Bot):
+def shard_options(config: DiscordConfig) -> dict[str, object]:
+    """discord.py's sharding, the same for both accounts: this process runs `shard_ids` of `shard_count`. A guild's
+    events (and its members' commands) reach only the process holding its shard, so its room lives there."""
+    if config.shard_count is None:
+        return {}
+    options: dict[str, object] = {"shard_count": config.shard_count}
+    if config.shard_ids is not None:
+        options["shard_ids"] = list(config.shard_ids)
+    return options
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """Discord's rule: which shard (so which process) a guild's events go to."""
+    return (guild_id >> 22) % shard_count
+
+
+class _SyncsCommands:
     async def setup_hook(self) -> None:
-        synced = await self.tree.sync()  # after login: the application id is known
+        shard_ids = getattr(self, "shard_ids", None)
+        if shard_ids is not None and 0 not in shard_ids:
+            return  # commands are global: the process holding shard 0 syncs them, once
+        synced = await self.tree.sync()  # type: ignore[attr-defined]  # after login: the application id is known
         log.info("listener: %d application command(s) synced", len(synced))
+
+
+class _Listener(_SyncsCommands, commands.Bot):
+    pass
+
+
+class _ShardedListener(_SyncsCommands, commands.AutoShardedBot):
+    pass
 
 
 @dataclass
@@ -101,11 +128,15 @@ async def build(settings: Settings) -> App:
     """Everything wired, nothing connected yet (testable offline)."""
     endpoint = resolve_endpoint(settings)
     store = await Store.open(settings.store.target)
-    listener = _Listener(command_prefix=commands.when_mentioned, intents=listener_intents(), help_command=None,
-                         **discord_client_options(settings.discord))
+    shards = shard_options(settings.discord)
+    listener = (_ShardedListener if shards else _Listener)(
+        command_prefix=commands.when_mentioned, intents=listener_intents(), help_command=None,
+        **discord_client_options(settings.discord), **shards)
     speaker = None
     if settings.secrets.discord_speaker_token is not None:
-        speaker = SpeakerAccount(discord.Client(intents=speaker_intents(), **discord_client_options(settings.discord)))
+        client_class = discord.AutoShardedClient if shards else discord.Client
+        speaker = SpeakerAccount(client_class(intents=speaker_intents(), **discord_client_options(settings.discord),
+                                              **shards))
     rooms = RoomManager(
         settings, store, endpoint, discord_voice_join(listener, settings), playback=speaker,
         captions=DiscordCaptions(listener, CaptionRouter(settings.playback)),

@@ -308,7 +308,9 @@ def load_settings(path: str | Path | None, env: dict[str, str] | None = None) ->
     """Read and validate the config file (None → all defaults) plus the environment.
 
     `PARLEY_BACKEND` overrides `backend` so `make run` can switch to the local server without editing
-    the file; `PARLEY_STORE_URL` overrides `store.url` (a URL with a password stays out of the file).
+    the file; `PARLEY_STORE_URL` overrides `store.url` (a URL with a password stays out of the file);
+    `PARLEY_SHARD_COUNT`, `PARLEY_SHARD_IDS` (`0,1`) and `PARLEY_LOCAL_URLS` (comma-separated) override
+    `discord.shard_count`, `discord.shard_ids` and `local.urls`, so one image runs as several processes.
     """
     env = dict(os.environ) if env is None else env
     data: Any = {}
@@ -339,6 +341,13 @@ def load_settings(path: str | Path | None, env: dict[str, str] | None = None) ->
     if env.get("PARLEY_STORE_URL"):  # may carry a password: the environment is where secrets live
         store = data.get("store") if isinstance(data.get("store"), dict) else {}
         data = {**data, "store": {**store, "url": env["PARLEY_STORE_URL"]}}
+    # One image, several processes (docker-compose.yml): each is told its shards and its workers here.
+    for var, section, key in (("PARLEY_SHARD_COUNT", "discord", "shard_count"),
+                              ("PARLEY_SHARD_IDS", "discord", "shard_ids"), ("PARLEY_LOCAL_URLS", "local", "urls")):
+        if env.get(var):
+            value: object = env[var] if key == "shard_count" else [x.strip() for x in env[var].split(",") if x.strip()]
+            part = data.get(section) if isinstance(data.get(section), dict) else {}
+            data = {**data, section: {**part, key: value}}
     try:
         return Settings.model_validate({**data, "secrets": Secrets.from_env(env)})
     except ValidationError as e:

@@ -213,15 +213,6 @@ class Settings(_Section):
     def _language_code(cls, v: str) -> str:
         return check_language(v)
 
-    @field_validator("local")
-    @classmethod
-    def _worker_urls(cls, v: LocalRTConfig) -> LocalRTConfig:
-        for url in v.urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("ws", "wss") or not parts.netloc:
-                raise ValueError(f"urls: each bot.localrt worker is a ws:// or wss:// URL, got {url!r}")
-        return v
-
 
 def check_language(code: str) -> str:
     """A target language is an ISO 639 code, optionally with a region (`es`, `pt-BR`)."""

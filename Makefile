@@ -45,6 +45,21 @@ $(NODE_DIR)/.stamp: $(NODE_PKG)/package.json $(NODE_PKG)/package-lock.json
 	cd $(NODE_DIR) && $(NPM) ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Debian packages only the tests need: PostgreSQL's server, which tests/pg.py starts as a throwaway cluster on
+# 127.0.0.1 (as the `postgres` user when run as root, as in CI). Under `make test` its tests must run, not skip.
+APT_TEST_PACKAGES := postgresql
+.PHONY: test-system-deps
+test-system-deps:
+	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages for the tests:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "warning: missing Debian packages for the tests:$$missing (sudo apt-get install$$missing)"; fi; \
+	fi
+test: test-system-deps
+test: export PARLEY_REQUIRE_POSTGRES := 1
+
 test: deps node-deps
 	$(BIN)/ruff check bot cogs tests benchmarks
 	$(BIN)/python -m pytest -q

@@ -443,6 +443,7 @@ async def _bot(members, datagrams, group, backend, chunk_ms, warmup_s, window_s,
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rooms.leave(GUILD), 30)
         leave_s = time.monotonic() - t_leave
+        await rooms.close()  # its caps' checkpointer ends with it
         await store.close()
 
     wall = w1 - w0

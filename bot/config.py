@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from bot.localrt.config import LocalRTConfig
 from bot.playback.config import PlaybackConfig
@@ -53,8 +53,18 @@ class PricesConfig(_Section):
 
 
 class CapsConfig(_Section):
-    max_sessions: int = Field(16, ge=1)
-    daily_budget_usd: float | None = Field(None, ge=0)
+    """Limits, enforced in the store so that they hold across processes sharing one database."""
+
+    max_sessions: int = Field(16, ge=1)  # open sessions in this process
+    max_sessions_per_guild: int | None = Field(None, ge=1)  # open sessions in one guild, all processes together
+    daily_budget_usd: float | None = Field(None, ge=0)  # per guild and UTC day, all processes together
+    # A session reserves this much audio time from the budget at a time (atomically in the store), and more
+    # as it runs: the guild's reservations never exceed its budget, so processes cannot overshoot it together.
+    reserve_s: float = Field(30.0, gt=0)
+    # A session's running cost is written to the store this often; a process killed loses at most this much
+    # of the ledger, and one not heard from for `lease_stale_s` has its sessions recorded by another process.
+    checkpoint_s: float = Field(1.0, gt=0)
+    lease_stale_s: float = Field(60.0, gt=0)
 
 
 class DiscordConfig(_Section):
@@ -64,6 +74,21 @@ class DiscordConfig(_Section):
     api_base: str = "https://discord.com/api/v10"
     gateway_url: str = "wss://gateway.discord.gg/"
     ca_file: Path | None = None  # an extra CA certificate (PEM) to trust, for a server with its own certificate
+    # Sharding: this process runs `shard_ids` (default: all) of `shard_count` shards, both accounts alike.
+    # A guild's shard is (guild_id >> 22) % shard_count; its room lives in the process holding that shard.
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordConfig:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("shard_ids needs shard_count (how many shards there are in all)")
+            bad = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+            if bad or not self.shard_ids or len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError(f"shard_ids must be distinct shard numbers from 0 to {self.shard_count - 1}, "
+                                 f"got {self.shard_ids}")
+        return self
 
     @field_validator("api_base")
     @classmethod
@@ -104,9 +129,41 @@ class TranscriptsConfig(_Section):
 
 
 class StoreConfig(_Section):
-    """Where member preferences, guild channels and the spend ledger live (bot/store.py)."""
+    """Where member preferences, guild channels, the spend ledger and open sessions live (bot/store/).
+
+    `url` chooses the database: `sqlite:///relative.sqlite3`, `sqlite:////absolute.sqlite3` or
+    `postgresql://user@host:5432/db` (what several bot processes share). Unset: the SQLite file `path`.
+    A PostgreSQL password belongs in the environment (`PGPASSWORD`, or the whole URL in `PARLEY_STORE_URL`),
+    never in the file."""
 
     path: Path = Path("parley.sqlite3")
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme == "sqlite":
+            if not v.startswith("sqlite:///"):
+                raise ValueError(f"a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path, got {v!r}")
+            return v
+        if parts.scheme in ("postgresql", "postgres") and parts.hostname:
+            return v
+        raise ValueError(f"must be a sqlite:/// or postgresql:// URL, got one with scheme {parts.scheme!r}")
+
+    @property
+    def target(self) -> str | Path:
+        """What `Store.open` takes: the URL when set, else the file."""
+        return self.url if self.url is not None else self.path
+
+    @property
+    def field(self) -> str:
+        """The setting to name in a message about the store."""
+        return "store.url" if self.url is not None else "store.path"
+
+
 
 
 class Secrets(BaseModel):
@@ -183,6 +240,13 @@ def resolve_endpoint(settings: Settings) -> Endpoint:
         else:
             url, protocol, model, price = "realtime", "realtime", models.realtime, prices.openai_realtime
         return Endpoint(_with_model(f"{OPENAI_WS_BASE}/{url}", model), protocol, model, secrets.openai_api_key, price)
+    if backend == "local" and settings.local.urls:  # a pool of workers: each connect picks the least loaded
+        from bot.realtime.pool import WorkerPool
+
+        key = secrets.localrt_api_key
+        urls = [_with_model(_translations_url(u), models.translate) for u in settings.local.urls]
+        pool = WorkerPool(urls, key.get_secret_value() if key is not None else None)
+        return Endpoint(urls[0], "translation", models.translate, key, prices.local, pool=pool)
     if backend == "local":
         host = settings.local.host if settings.local.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return Endpoint(
@@ -200,6 +264,15 @@ def resolve_endpoint(settings: Settings) -> Endpoint:
     # OpenAI key only over wss://.
     key = secrets.localrt_api_key or (secrets.openai_api_key if parts.scheme == "wss" else None)
     return Endpoint(url if "model=" in parts.query else _with_model(url, model), protocol, model, key, prices.url)
+
+
+def _translations_url(base: str) -> str:
+    """ws://host:port (or …/v1) → ws://host:port/v1/realtime/translations."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/realtime/translations"):
+        path = f"{path}/realtime/translations" if path.endswith("/v1") else f"{path}/v1/realtime/translations"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def _with_model(url: str, model: str) -> str:
@@ -234,7 +307,9 @@ def load_settings(path: str | Path | None, env: dict[str, str] | None = None) ->
     """Read and validate the config file (None → all defaults) plus the environment.
 
     `PARLEY_BACKEND` overrides `backend` so `make run` can switch to the local server without editing
-    the file.
+    the file; `PARLEY_STORE_URL` overrides `store.url` (a URL with a password stays out of the file);
+    `PARLEY_SHARD_COUNT`, `PARLEY_SHARD_IDS` (`0,1`) and `PARLEY_LOCAL_URLS` (comma-separated) override
+    `discord.shard_count`, `discord.shard_ids` and `local.urls`, so one image runs as several processes.
     """
     env = dict(os.environ) if env is None else env
     data: Any = {}
@@ -256,8 +331,22 @@ def load_settings(path: str | Path | None, env: dict[str, str] | None = None) ->
             raise ConfigError(f"{source}: the top level must be a mapping of settings, got {type(data).__name__}")
         if "secrets" in data:
             raise ConfigError(f"{source}: secrets: tokens belong in the environment, not in the config file")
+        store_url = data.get("store", {}).get("url") if isinstance(data.get("store"), dict) else None
+        if isinstance(store_url, str) and urlsplit(store_url).password is not None:
+            raise ConfigError(f"{source}: store.url: the database password belongs in the environment "
+                              "(PGPASSWORD, or the whole URL in PARLEY_STORE_URL), not in the config file")
     if env.get("PARLEY_BACKEND"):
         data = {**data, "backend": env["PARLEY_BACKEND"]}
+    if env.get("PARLEY_STORE_URL"):  # may carry a password: the environment is where secrets live
+        store = data.get("store") if isinstance(data.get("store"), dict) else {}
+        data = {**data, "store": {**store, "url": env["PARLEY_STORE_URL"]}}
+    # One image, several processes (docker-compose.yml): each is told its shards and its workers here.
+    for var, section, key in (("PARLEY_SHARD_COUNT", "discord", "shard_count"),
+                              ("PARLEY_SHARD_IDS", "discord", "shard_ids"), ("PARLEY_LOCAL_URLS", "local", "urls")):
+        if env.get(var):
+            value: object = env[var] if key == "shard_count" else [x.strip() for x in env[var].split(",") if x.strip()]
+            part = data.get(section) if isinstance(data.get(section), dict) else {}
+            data = {**data, section: {**part, key: value}}
     try:
         return Settings.model_validate({**data, "secrets": Secrets.from_env(env)})
     except ValidationError as e:

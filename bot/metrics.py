@@ -89,6 +89,27 @@ class AppCollector(Collector):
                                   value=s.frames_dropped)
         yield CounterMetricFamily("parley_player_restarts", "Speaker-account players restarted after dying",
                                   value=s.player_restarts)
+        yield from worker_metrics(getattr(getattr(self.app.rooms, "endpoint", None), "pool", None))
+
+
+def worker_metrics(pool: Any) -> Iterator[Metric]:
+    """The bot.localrt workers of `local.urls`, as the pool last saw them (labelled host:port); none without."""
+    if pool is None:
+        return
+    up = GaugeMetricFamily("parley_localrt_worker_up", "1 if the bot.localrt worker answered its last load poll",
+                           labels=["worker"])
+    sessions = GaugeMetricFamily("parley_localrt_worker_sessions", "Sessions open on the worker (its last report)",
+                                 labels=["worker"])
+    backlog = GaugeMetricFamily("parley_localrt_worker_backlog_seconds",
+                                "Input audio queued for the worker's engines (its last report)", labels=["worker"])
+    picks = CounterMetricFamily("parley_localrt_worker_picks", "Session connects sent to the worker",
+                                labels=["worker"])
+    for w in list(pool.workers):
+        up.add_metric([w.name], 1 if w.healthy else 0)
+        sessions.add_metric([w.name], w.sessions)
+        backlog.add_metric([w.name], w.backlog_s)
+        picks.add_metric([w.name], w.picks_total)
+    yield from (up, sessions, backlog, picks)
 
 
 class MetricsServer:

@@ -41,7 +41,7 @@ from bot.pipeline.rooms import (
 )
 from bot.playback.captions import CaptionRouter
 from bot.playback.speaker_account import PlaybackError, SpeakerAccount, speaker_intents
-from bot.store import Store, StoreError
+from bot.store import Store, StoreError, redact, sqlite_path
 from cogs.translate import TranslateCog
 
 log = logging.getLogger("parley")
@@ -78,10 +78,37 @@ def discord_client_options(config: DiscordConfig) -> dict[str, object]:
     return {"connector": aiohttp.TCPConnector(ssl=context)}
 
 
-class _Listener(commands.Bot):
+def shard_options(config: DiscordConfig) -> dict[str, object]:
+    """discord.py's sharding, the same for both accounts: this process runs `shard_ids` of `shard_count`. A guild's
+    events (and its members' commands) reach only the process holding its shard, so its room lives there."""
+    if config.shard_count is None:
+        return {}
+    options: dict[str, object] = {"shard_count": config.shard_count}
+    if config.shard_ids is not None:
+        options["shard_ids"] = list(config.shard_ids)
+    return options
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """Discord's rule: which shard (so which process) a guild's events go to."""
+    return (guild_id >> 22) % shard_count
+
+
+class _SyncsCommands:
     async def setup_hook(self) -> None:
-        synced = await self.tree.sync()  # after login: the application id is known
+        shard_ids = getattr(self, "shard_ids", None)
+        if shard_ids is not None and 0 not in shard_ids:
+            return  # commands are global: the process holding shard 0 syncs them, once
+        synced = await self.tree.sync()  # type: ignore[attr-defined]  # after login: the application id is known
         log.info("listener: %d application command(s) synced", len(synced))
+
+
+class _Listener(_SyncsCommands, commands.Bot):
+    pass
+
+
+class _ShardedListener(_SyncsCommands, commands.AutoShardedBot):
+    pass
 
 
 @dataclass
@@ -106,12 +133,16 @@ class App:
 async def build(settings: Settings) -> App:
     """Everything wired, nothing connected yet (testable offline)."""
     endpoint = resolve_endpoint(settings)
-    store = await Store.open(settings.store.path)
-    listener = _Listener(command_prefix=commands.when_mentioned, intents=listener_intents(), help_command=None,
-                         **discord_client_options(settings.discord))
+    store = await Store.open(settings.store.target)
+    shards = shard_options(settings.discord)
+    listener = (_ShardedListener if shards else _Listener)(
+        command_prefix=commands.when_mentioned, intents=listener_intents(), help_command=None,
+        **discord_client_options(settings.discord), **shards)
     speaker = None
     if settings.secrets.discord_speaker_token is not None:
-        speaker = SpeakerAccount(discord.Client(intents=speaker_intents(), **discord_client_options(settings.discord)),
+        client_class = discord.AutoShardedClient if shards else discord.Client
+        speaker = SpeakerAccount(client_class(intents=speaker_intents(), **discord_client_options(settings.discord),
+                                              **shards),
                                  voice_config=settings.voice)  # it receives too, in two-way rooms
     rooms = RoomManager(
         settings, store, endpoint, discord_voice_join(listener, settings), playback=speaker,
@@ -133,7 +164,8 @@ async def serve(settings: Settings) -> int:
     try:
         app = await build(settings)
     except StoreError as e:
-        raise ConfigError(f"store.path: {e}") from None
+        raise ConfigError(f"{settings.store.field}: {e}") from None
+    await app.rooms.start()  # the spend of sessions a killed previous run left open is recorded now
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -373,7 +405,10 @@ def check(settings: Settings, source: str) -> int:
         else:
             found.append(Finding("error", "target_language", f"{backend} cannot produce {languages_code!r} "
                                  f"(it lists: {', '.join(sorted(listed)) or 'nothing'})"))
-    found.append(check_store(settings.store.path))
+    if settings.store.url is None or settings.store.url.startswith("sqlite:"):
+        found.append(check_store(Path(sqlite_path(settings.store.target))))
+    else:
+        found.append(Finding("ok", "store.url", f"{redact(settings.store.url)} (PostgreSQL: reached at start-up)"))
     if secrets.discord_token is None:
         found.append(Finding("error", "DISCORD_TOKEN",
                              "not set: the listener account's bot token (README: Inviting the two bot accounts); "

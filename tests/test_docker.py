@@ -96,23 +96,34 @@ def healthcheck_command() -> list[str]:
     return json.loads(args[args.index("CMD ") + 4 :])
 
 
-def test_compose_runs_the_bot_and_localrt_as_two_services() -> None:
+def test_compose_runs_postgres_two_shards_and_two_localrt_workers() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     services = compose["services"]
-    assert set(services) == {"bot", "localrt"}
-    local = services["localrt"]["command"]
-    assert local[:4] == ["python", "-m", "bot", "localrt"]
+    assert set(services) == {"postgres", "localrt-1", "localrt-2", "bot-0", "bot-1"}
     from bot.__main__ import build_parser
 
-    args = build_parser().parse_args(local[3:])
-    assert (args.host, args.port, str(args.config)) == ("0.0.0.0", 8765, "/app/config.yaml")
-    bot = services["bot"]
-    assert bot["environment"]["PARLEY_BACKEND"] == "ws://localrt:8765"
-    assert "parley-data:/data" in bot["volumes"] and "parley-data" in compose["volumes"]
-    assert bot["depends_on"]["localrt"]["condition"] == "service_healthy"
-    # What the bot then connects to, with the image's config:
-    settings = load_settings(ROOT / "config.yaml", env={"PARLEY_BACKEND": bot["environment"]["PARLEY_BACKEND"]})
-    assert resolve_endpoint(settings).url.startswith("ws://localrt:8765/v1/realtime/translations?")
+    for name in ("localrt-1", "localrt-2"):
+        local = services[name]["command"]
+        assert local[:4] == ["python", "-m", "bot", "localrt"]
+        args = build_parser().parse_args(local[3:])
+        assert (args.host, args.port, str(args.config)) == ("0.0.0.0", 8765, "/app/config.yaml")
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert "parley-pg:/var/lib/postgresql/data" in services["postgres"]["volumes"] and "parley-pg" in compose["volumes"]
+    shards = []
+    for name in ("bot-0", "bot-1"):
+        bot = services[name]
+        assert {d: c["condition"] for d, c in bot["depends_on"].items()} == {
+            "postgres": "service_healthy", "localrt-1": "service_healthy", "localrt-2": "service_healthy"}
+        env = {k: str(v).replace("${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}", "pw") for k, v in
+               bot["environment"].items() if not str(v).startswith("${")}
+        # What each bot process then runs, with the image's config:
+        settings = load_settings(ROOT / "config.yaml", env=env)
+        endpoint = resolve_endpoint(settings)
+        assert endpoint.pool is not None
+        assert [w.name for w in endpoint.pool.workers] == ["localrt-1:8765", "localrt-2:8765"]
+        assert settings.store.url == "postgresql://parley:pw@postgres:5432/parley"
+        shards.append((settings.discord.shard_count, settings.discord.shard_ids))
+    assert shards == [(2, [0]), (2, [1])]
 
 
 def test_pyproject_license_is_spdx_and_setuptools_prints_no_deprecation() -> None:

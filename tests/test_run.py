@@ -63,3 +63,48 @@ def test_discord_unreachable_at_login_is_one_line_and_exit_1(tmp_path: Path) -> 
         assert len(errors) == 1, r.stderr
         assert errors[0].endswith(f"cannot reach Discord at http://127.0.0.1:{port}/api/v10: Connection refused")
         assert len(r.stderr.splitlines()) <= 4, r.stderr
+
+
+async def test_shards_split_guilds_between_processes_for_both_accounts(tmp_path: Path) -> None:
+    import discord
+    from discord.ext import commands
+
+    from bot.run import shard_of
+
+    apps = []
+    try:
+        for shard in (0, 1):
+            (tmp_path / f"c{shard}.yaml").write_text(
+                f"backend: local\nstore:\n  path: {tmp_path / 'p.sqlite3'}\n"
+                f"discord:\n  shard_count: 2\n  shard_ids: [{shard}]\n")
+            env = {"DISCORD_TOKEN": "t", "DISCORD_SPEAKER_TOKEN": "s"}
+            settings = load_settings(tmp_path / f"c{shard}.yaml", env=env)
+            apps.append(await build(settings))
+        for shard, app in enumerate(apps):
+            assert isinstance(app.listener, commands.AutoShardedBot)
+            assert (app.listener.shard_count, app.listener.shard_ids) == (2, [shard])
+            assert isinstance(app.speaker.client, discord.AutoShardedClient)  # type: ignore[union-attr]
+            assert (app.speaker.client.shard_count, app.speaker.client.shard_ids) == (2, [shard])  # type: ignore[union-attr]
+            assert app.rooms._caps.owner.endswith(f"/shards-{shard}/2"), "each process has its own leases"
+    finally:
+        for app in apps:
+            await app.close()
+    # a guild goes to one process, by Discord's rule, as discord.py computes it for a guild it holds
+    state = apps[0].listener._connection
+    for guild_id in (81384788765712384, 1180000000000000001, 290926798626357250):
+        guild = discord.Guild(data={"id": str(guild_id), "name": "g"}, state=state)
+        assert guild.shard_id == shard_of(guild_id, 2)
+    assert {shard_of(g, 2) for g in range(0, 64 << 22, 1 << 22)} == {0, 1}
+
+
+def test_shard_settings_are_checked(tmp_path: Path) -> None:
+    import pytest
+
+    from bot.config import ConfigError
+
+    for bad, why in (("shard_ids: [0]", "shard_ids needs shard_count"),
+                     ("shard_count: 2\n  shard_ids: [2]", "from 0 to 1"),
+                     ("shard_count: 2\n  shard_ids: [1, 1]", "distinct")):
+        (tmp_path / "c.yaml").write_text(f"discord:\n  {bad}\n")
+        with pytest.raises(ConfigError, match=why):
+            load_settings(tmp_path / "c.yaml", env={})

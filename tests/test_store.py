@@ -1,9 +1,11 @@
-"""bot.store against real SQLite files: round-trips, reopen, migrations, damage, concurrency."""
+"""bot.store against real databases: every behaviour on SQLite files and on a real PostgreSQL server (a throwaway
+cluster, tests/pg.py); migrations, damage and threads per backend."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import sqlite3
 import threading
 from datetime import date, timedelta
@@ -16,8 +18,16 @@ from bot.store import SCHEMA_VERSION, GuildSettings, MemberPrefs, Store, StoreEr
 G, G2 = 111, 222
 
 
-async def test_member_round_trip_and_defaults(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "p.sqlite3") as store:
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "p.sqlite3"
+    return request.getfixturevalue("postgres_url")
+
+
+async def test_member_round_trip_and_defaults(target: str | Path) -> None:
+    async with await Store.open(target) as store:
         assert await store.member(G, 1) == MemberPrefs(G, 1, None, False, None)
         await store.set_language(G, 1, "pt-BR")
         m = await store.member(G, 1)
@@ -31,8 +41,8 @@ async def test_member_round_trip_and_defaults(tmp_path: Path) -> None:
         assert (await store.member(G2, 1)).target_language is None  # per guild
 
 
-async def test_speaks_round_trip_and_guild_languages(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "p.sqlite3") as store:
+async def test_speaks_round_trip_and_guild_languages(target: str | Path) -> None:
+    async with await Store.open(target) as store:
         await store.set_speaks(G, 1, "es")
         await store.set_language(G, 2, "fr")
         await store.set_speaks(G2, 3, "ja")
@@ -44,8 +54,8 @@ async def test_speaks_round_trip_and_guild_languages(tmp_path: Path) -> None:
         assert await store.guild_languages(G2) == {"ja"}
 
 
-async def test_guild_channels_round_trip(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "p.sqlite3") as store:
+async def test_guild_channels_round_trip(target: str | Path) -> None:
+    async with await Store.open(target) as store:
         assert await store.guild(G) == GuildSettings(G)
         await store.set_guild_channels(G, 5, 6)
         await store.set_guild_channels(G, 7, None)
@@ -54,9 +64,9 @@ async def test_guild_channels_round_trip(tmp_path: Path) -> None:
         assert (await store.guild(G2)).output_channel_id is None
 
 
-async def test_spend_ledger_is_per_guild_and_day(tmp_path: Path) -> None:
+async def test_spend_ledger_is_per_guild_and_day(target: str | Path) -> None:
     today, yesterday = date(2026, 11, 25), date(2026, 11, 24)
-    async with await Store.open(tmp_path / "p.sqlite3") as store:
+    async with await Store.open(target) as store:
         assert await store.spend_today(G) == 0.0
         await store.add_spend(G, 0.25, today)
         await store.add_spend(G, 0.5, today)
@@ -99,8 +109,8 @@ async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-async def test_opted_out_members(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "p.sqlite3") as store:
+async def test_opted_out_members(target: str | Path) -> None:
+    async with await Store.open(target) as store:
         assert await store.opted_out_members(G) == set()
         for user in (1, 2, 3):
             await store.set_opt_out(G, user, True)
@@ -185,8 +195,8 @@ async def test_a_directory_is_not_a_database(tmp_path: Path) -> None:
         await Store.open(tmp_path)
 
 
-async def test_many_concurrent_calls(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "p.sqlite3") as store:
+async def test_many_concurrent_calls(target: str | Path) -> None:
+    async with await Store.open(target) as store:
         day = date(2026, 3, 3)
         await asyncio.gather(
             *(store.add_spend(G, 0.01, day) for _ in range(200)),
@@ -223,3 +233,139 @@ async def test_memory_store_when_asked() -> None:
         await store.set_opt_out(G, 1, True)
         assert await store.opted_out_members(G) == {1}
     assert not Path(":memory:").exists()
+
+
+async def test_a_v3_file_opens_with_its_rows_and_gains_leases(tmp_path: Path) -> None:
+    """Files written by Parley before leases (schema 3, with `speaks`) open as they are."""
+    path = tmp_path / "v3.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(
+        """
+        CREATE TABLE members (guild_id INTEGER NOT NULL, user_id INTEGER NOT NULL, target_language TEXT,
+            opted_out INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL, speaks TEXT,
+            PRIMARY KEY (guild_id, user_id));
+        CREATE TABLE guilds (guild_id INTEGER PRIMARY KEY, output_channel_id INTEGER, caption_channel_id INTEGER,
+            updated_at REAL NOT NULL);
+        CREATE TABLE spend (guild_id INTEGER NOT NULL, day TEXT NOT NULL, usd REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (guild_id, day));
+        CREATE INDEX members_opted_out ON members (guild_id) WHERE opted_out = 1;
+        INSERT INTO members VALUES (111, 1, 'de', 0, 1700000000.0, 'en');
+        INSERT INTO spend VALUES (111, '2026-02-02', 1.25);
+        PRAGMA user_version = 3;
+        """
+    )
+    raw.close()
+    async with await Store.open(path) as store:
+        m = await store.member(G, 1)
+        assert (m.target_language, m.speaks) == ("de", "en")
+        assert await store.spend_today(G, date(2026, 2, 2)) == pytest.approx(1.25)
+        grant = await store.open_lease("a", G, "me", reserve_usd=0.1, budget_usd=None, max_sessions=None)
+        assert grant.refused is None
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+@pytest.mark.parametrize("url", ["sqlite:///REL", "sqlite:////ABS"])
+async def test_sqlite_urls(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = url.replace("REL", "sub/p.sqlite3").replace("/ABS", str(tmp_path / "abs.sqlite3"))
+    async with await Store.open(url) as store:
+        await store.set_language(G, 1, "es")
+    assert (tmp_path / ("sub/p.sqlite3" if "sub" in url else "abs.sqlite3")).is_file()
+    with pytest.raises(StoreError, match="sqlite:///relative/path"):
+        await Store.open("sqlite:relative")
+
+
+async def test_postgres_everything_survives_reopen_and_migrates_once(postgres_url: str) -> None:
+    first, second = await asyncio.gather(Store.open(postgres_url), Store.open(postgres_url))  # both migrate
+    try:
+        await first.set_language(G, 1, "es")
+        await first.set_opt_out(G, 2, True)
+        await first.set_guild_channels(G, 10, 20)
+        await first.add_spend(G, 1.5, date(2026, 1, 1))
+        assert (await second.member(G, 1)).target_language == "es"  # one database, two pools
+    finally:
+        await first.close()
+        await second.close()
+    with pytest.raises(StoreError, match="closed"):
+        await first.member(G, 1)
+    async with await Store.open(postgres_url) as store:
+        assert await store.opted_out_members(G) == {2}
+        assert (await store.guild(G)).caption_channel_id == 20
+        assert await store.spend_today(G, date(2026, 1, 1)) == pytest.approx(1.5)
+        snowflake = 1_180_000_000_000_000_000  # Discord ids need 64 bits (BIGINT)
+        await store.set_language(snowflake, snowflake + 1, "fr")
+        assert (await store.member(snowflake, snowflake + 1)).target_language == "fr"
+
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert await conn.fetchval("SELECT version FROM parley_schema") == SCHEMA_VERSION
+        assert await conn.fetchval("SELECT COUNT(*) FROM parley_schema") == 1
+        await conn.execute("UPDATE parley_schema SET version = $1", SCHEMA_VERSION + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(StoreError, match="newer than this Parley"):
+        await Store.open(postgres_url)
+
+
+async def test_postgres_unreachable_is_a_store_error_without_the_password() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    with pytest.raises(StoreError) as e:
+        await Store.open(f"postgresql://parley:hunter2@127.0.0.1:{port}/parley")
+    assert "cannot connect to PostgreSQL" in str(e.value) and f":{port}/parley" in str(e.value)
+    assert "hunter2" not in str(e.value) and "***" in str(e.value)
+
+
+# -- leases: the database side of caps ------------------------------------------------------------------
+
+
+async def test_lease_admission_by_sessions_and_budget(target: str | Path) -> None:
+    day = date(2026, 5, 5)
+    async with await Store.open(target) as store:
+        await store.add_spend(G, 0.70, day)
+        kw = dict(budget_usd=1.0, max_sessions=2, day=day)
+        a = await store.open_lease("a", G, "p1", reserve_usd=0.2, **kw)
+        assert (a.reserved, a.refused) == (pytest.approx(0.2), None) and a.spent == pytest.approx(0.70)
+        b = await store.open_lease("b", G, "p2", reserve_usd=0.2, **kw)
+        assert b.reserved == pytest.approx(0.1), "only what the budget leaves is reserved"
+        c = await store.open_lease("c", G, "p1", reserve_usd=0.2, budget_usd=None, max_sessions=2, day=day)
+        assert c.refused == "sessions" and await store.open_leases(G) == 2
+        assert (await store.open_lease("d", G2, "p1", reserve_usd=0.2, **kw)).refused is None  # per guild
+        # budget is fully reserved: a third lease in G with room for sessions is refused on budget
+        e = await store.open_lease("e", G, "p1", reserve_usd=0.2, budget_usd=1.0, max_sessions=5, day=day)
+        assert e.refused == "budget"
+        # a extends: nothing left, but its cost is checkpointed
+        ext = await store.extend_lease("a", 0.15, reserve_usd=0.2, budget_usd=1.0, day=day)
+        assert ext.refused == "budget" and ext.spent == pytest.approx(0.85)
+        # b closes having spent only 0.02: 0.08 comes back, and a can have it
+        assert await store.close_lease("b", 0.02, day) == pytest.approx(0.72)
+        assert await store.close_lease("b", 0.02, day) is None, "recorded once"
+        ext = await store.extend_lease("a", 0.19, reserve_usd=0.2, budget_usd=1.0, day=day)
+        assert ext.reserved == pytest.approx(1.0 - 0.72 - 0.2)
+        assert await store.close_lease("a", 0.25, day) == pytest.approx(0.97)
+        assert await store.spend_today(G, day) == pytest.approx(0.97)
+        assert await store.open_leases(G) == 0
+        with pytest.raises(ValueError):
+            await store.close_lease("d", -1.0, day)
+
+
+async def test_reclaim_records_a_dead_process_leases_once(target: str | Path) -> None:
+    day = date(2026, 6, 6)
+    async with await Store.open(target) as store:
+        for lease, owner in (("old-1", "host/a"), ("old-2", "host/a"), ("live", "host/a"), ("other", "host/b")):
+            await store.open_lease(lease, G, owner, reserve_usd=1.0, budget_usd=None, max_sessions=None, day=day)
+        await store.checkpoint_leases({"old-1": 0.25, "old-2": 0.5, "live": 0.125, "other": 2.0})
+        gone = await store.reclaim_leases("host/a", frozenset({"live"}), stale_s=3600)
+        assert sorted((r.lease_id, r.usd, r.day) for r in gone) == [("old-1", 0.25, day), ("old-2", 0.5, day)]
+        assert await store.spend_today(G, day) == pytest.approx(0.75)
+        assert await store.reclaim_leases("host/a", frozenset({"live"}), stale_s=3600) == []
+        assert await store.close_lease("old-1", 0.3, day) is None, "a reclaimed lease is not recorded twice"
+        # a process not heard of for longer than stale_s is reclaimed by anyone
+        gone = await store.reclaim_leases("host/c", frozenset(), stale_s=-1)
+        assert {r.lease_id for r in gone} == {"live", "other"}
+        assert await store.spend_today(G, day) == pytest.approx(0.75 + 0.125 + 2.0)
+        assert await store.open_leases(G) == 0

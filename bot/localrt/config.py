@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
@@ -101,6 +101,19 @@ class LocalRTConfig(_Section):
         20.0, gt=0, description="queued input audio above which the server stops reading (back-pressure)"
     )
     session_ttl_s: int = Field(3600, ge=60, description="advertised in expires_at")
+    urls: list[str] = Field(
+        default_factory=list,
+        description="the bot's side: several workers (ws://host:port each) for backend local; each session goes "
+        "to the least-loaded healthy one; empty = the one at host:port",
+    )
+
+    @field_validator("urls")
+    @classmethod
+    def _worker_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("ws://", "wss://")) or len(url.split("://", 1)[1]) == 0:
+                raise ValueError(f"each bot.localrt worker is a ws:// or wss:// URL, got {url!r}")
+        return v
     vad: VADConfig = Field(default_factory=VADConfig)
     asr: ASRConfig = Field(default_factory=ASRConfig)
     mt: MTConfig = Field(default_factory=MTConfig)

@@ -59,6 +59,7 @@ ServerEvent = AnyServerEvent
 
 PATH = "/v1/realtime/translations"
 LANGUAGES_PATH = "/v1/languages"  # plain HTTP GET: what this server can translate (JSON)
+LOAD_PATH = "/v1/load"  # plain HTTP GET: how loaded this worker is, for a client's pool of workers (JSON)
 DEFAULT_MODEL = "gpt-realtime-translate"
 BATCH_FRAMES = 10  # frames handed to the engine thread per call (2 s of audio at most)
 BACKLOG_FRAMES = 5  # above this many queued frames, skip partial decodes to catch up
@@ -132,16 +133,22 @@ class LocalRTServer:
         auth = request.headers.get("Authorization", "")
         return hmac.compare_digest(auth.encode("utf-8", "surrogateescape"), f"Bearer {self.api_key}".encode())
 
+    def load(self) -> dict[str, float | int]:
+        """The body of ``GET /v1/load``: open sessions and the input audio queued for the engines (seconds)."""
+        backlog = sum(s._pending_frames for s in self.sessions) * ENGINE_FRAME_MS / 1000
+        return {"sessions": len(self.sessions), "backlog_s": round(backlog, 3), "workers": self.config.workers}
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Reject wrong paths (404) and wrong bearer tokens (401) before the upgrade; answer
         ``GET /v1/languages`` with JSON (same token rule as the websocket)."""
         path = urlsplit(request.path).path.rstrip("/")
-        if path not in (PATH, LANGUAGES_PATH):
+        if path not in (PATH, LANGUAGES_PATH, LOAD_PATH):
             return connection.respond(HTTPStatus.NOT_FOUND, f"not found; connect to {PATH} or GET {LANGUAGES_PATH}\n")
         if not self._authorized(request):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid or missing API key\n")
-        if path == LANGUAGES_PATH:
-            response = connection.respond(HTTPStatus.OK, self._languages_body)
+        if path in (LANGUAGES_PATH, LOAD_PATH):
+            body = self._languages_body if path == LANGUAGES_PATH else json.dumps(self.load())
+            response = connection.respond(HTTPStatus.OK, body)
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             return response

@@ -24,9 +24,9 @@ import aiohttp
 from bot.audio.mixer import IN_RATE as MIXER_RATE
 from bot.audio.mixer import Mixer
 from bot.config import Endpoint, Settings
+from bot.pipeline.caps import BudgetReached, Caps, Lease, default_owner
 from bot.pipeline.room import Room
 from bot.pipeline.service import (
-    CapReached,
     LanguageRefused,
     PipelineError,
     PlaybackError,
@@ -160,17 +160,15 @@ class RoomManager:
         self._captions = captions
         self._session_factory = session_factory
         self._rooms: dict[int, _Running] = {}
-        self._open_sessions = 0
-        self._spend_today: dict[int, tuple[dt.date, float]] = {}
+        # caps and the spend ledger, held in the store across processes (bot/pipeline/caps.py)
+        self._caps = Caps(settings.caps, store, endpoint.price_per_minute,
+                          owner=default_owner(settings.discord.shard_ids, settings.discord.shard_count),
+                          today=lambda: _today())
         self._lock = asyncio.Lock()
         self._closing = False  # shutting down: no new rooms
         self._languages: dict[str, bool] = {}  # target language → the backend accepted it
         self._listing: tuple[float, frozenset[str] | None] | None = None  # (when asked, what the backend listed)
-        self._leased: dict[int, set[TranslationSession]] = {}  # guild → its sessions holding a slot
-        self._writes: set[asyncio.Task[None]] = set()  # spend being written to the store
         self._joining: dict[int, set[int]] = {}  # guild → the opted-out set of the room being joined
-        self._unsaved: dict[tuple[int, dt.date], float] = {}  # (guild, day) → spend not yet in the store
-        self._write_lock = asyncio.Lock()  # one spend write at a time: an amount is never written twice
         self._budget_noticed: dict[int, dt.date] = {}  # guild → the day its caption channel was told
 
     # --- RoomService ----------------------------------------------------------------------------
@@ -193,10 +191,7 @@ class RoomManager:
                 )
             if output_channel_id == source_channel_id:
                 raise PipelineError("The output channel must differ from the channel being interpreted.")
-            async with self._write_lock:  # no write in flight: stored + unsaved is exact
-                today = _today()
-                stored = await self.store.spend_today(guild_id, today)
-                self._spend_today[guild_id] = (today, stored + self._unsaved.get((guild_id, today), 0.0))
+            await self._caps.bootstrap(guild_id)  # today's ledger (and, once, what a killed run left open)
             # One set, shared by the room (routing) and the receive thread (captures): opted-out members are
             # never sent upstream nor captured.
             opted_out = set(await self.store.opted_out_members(guild_id))
@@ -512,106 +507,75 @@ class RoomManager:
                 await self.leave(guild_id)
         for guild_id in list(self._kept):
             self.delete_transcript(guild_id)
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=5)
-        if self._unsaved:  # the store failed earlier: one more try for what is not written yet
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._save_spend(), timeout=5)
+        await self._caps.close()  # every session's spend written (one more try for what failed earlier)
 
     # --- behind the rooms -----------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """At start-up: record the spend of sessions a previous run of this process left open (killed)."""
+        await self._caps.start()
+
     @contextlib.asynccontextmanager
     async def lease(self, guild_id: int, user_id: int, language: str) -> AsyncIterator[TranslationSession]:
-        """A session for a speaker: holds a `caps.max_sessions` slot and counts against today's budget while
-        it lives. Whatever ends it (graceful close, abort, cancel, error), its own `finally` closes the socket,
-        returns the slot and records what the session cost."""
+        """A session for a speaker: holds a `caps.max_sessions` slot and a lease in the store (the guild's cap
+        and budget, across processes) while it lives. Whatever ends it (graceful close, abort, cancel, error),
+        its own `finally` closes the socket, returns the slot and records what the session cost, once."""
         if self._known_language(language) is False:
             raise LanguageRefused(_refused_language(language))
-        self._admit(guild_id)  # checked and counted with no await in between: no two speakers race past a cap
-        session = self._session_factory(self.endpoint, language, self.settings, name=f"speaker-{user_id}")
-        leased = self._leased.setdefault(guild_id, set())
-        self._open_sessions += 1
-        leased.add(session)
+        lease = await self._admit(guild_id)
+        write: asyncio.Task[None] | None = None
         try:
+            session = self._session_factory(self.endpoint, language, self.settings, name=f"speaker-{user_id}")
+            lease.session = session
             try:
-                await session.open()
-            except SessionFatal as e:
-                if "unsupported_language" in str(e):
-                    self._languages[language] = False
-                    raise LanguageRefused(_refused_language(language)) from None
-                raise
-            if self._captions is not None:
-                self._captions.speaker(guild_id, user_id, language)
-            yield session
+                try:
+                    await session.open()
+                except SessionFatal as e:
+                    if "unsupported_language" in str(e):
+                        self._languages[language] = False
+                        raise LanguageRefused(_refused_language(language)) from None
+                    raise
+                if self._captions is not None:
+                    self._captions.speaker(guild_id, user_id, language)
+                yield session
+            finally:
+                # first what must not be lost even if this finally is cancelled: the slot and the ledger
+                write = self._caps.release(lease)
+                with contextlib.suppress(Exception):
+                    await session.abort()  # a no-op after a graceful close; closes the socket after anything else
         finally:
-            # first what must not be lost even if this finally is cancelled: the slot and the ledger
-            self._open_sessions -= 1
-            leased.discard(session)
-            usd = session.cost.dollars
-            self._ledger_add(guild_id, usd)
-            if usd > 0:
-                key = (guild_id, _today())
-                self._unsaved[key] = self._unsaved.get(key, 0.0) + usd
-                write = asyncio.create_task(self._save_spend(), name=f"spend-{guild_id}")
-                self._writes.add(write)
-                write.add_done_callback(self._writes.discard)
-            with contextlib.suppress(Exception):
-                await session.abort()  # a no-op after a graceful close; closes the socket after anything else
-            if usd > 0:
+            if write is None:
+                write = self._caps.release(lease)  # the session could not even be made
+            if write is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(write)  # a second cancel leaves it to finish; close() awaits it
 
     @property
     def open_sessions(self) -> int:
         """Slots in use (`caps.max_sessions`)."""
-        return self._open_sessions
-
-    def _ledger_add(self, guild_id: int, usd: float) -> None:
-        day, total = self._spend_today.get(guild_id, (_today(), 0.0))
-        today = _today()
-        self._spend_today[guild_id] = (today, (total if day == today else 0.0) + usd)
-
-    async def _save_spend(self) -> None:
-        """Write the spend not yet in the store. An amount that fails stays unsaved and is written with the next
-        session's (or at `close()`): a store error delays the ledger, never loses from it."""
-        async with self._write_lock:
-            for key in list(self._unsaved):
-                usd = self._unsaved[key]
-                guild_id, day = key
-                try:
-                    await self.store.add_spend(guild_id, usd, day)
-                except Exception as e:
-                    log.error("room %s: could not record $%.4f of spend yet (retried with the next): %s",
-                              guild_id, usd, e)
-                    continue
-                left = self._unsaved.pop(key) - usd  # what ended meanwhile stays for the next write
-                if left > 0:
-                    self._unsaved[key] = left
+        return self._caps.open_sessions
 
     def _spent_today(self, guild_id: int) -> float:
         """Today's spend: closed sessions (the ledger, zero after UTC midnight) plus the sessions still open."""
-        day, closed = self._spend_today.get(guild_id, (_today(), 0.0))
-        if day != _today():
-            closed = 0.0
-        return closed + sum(s.cost.dollars for s in self._leased.get(guild_id, ()))
+        return self._caps.spent_today(guild_id)
 
-    def _admit(self, guild_id: int) -> None:
-        """Caps: concurrent sessions in this process, and today's live spend in this guild. Logged by the
-        speaker, once per member (this runs for every frame of a refused speaker)."""
-        caps = self.settings.caps
-        if self._open_sessions >= caps.max_sessions:
-            raise CapReached(f"All {caps.max_sessions} translation sessions are in use.")
-        reason = self._over_budget(guild_id)
-        if reason is not None:
-            raise CapReached(reason)
+    async def _admit(self, guild_id: int) -> Lease:
+        """Caps: concurrent sessions in this process, and the guild's sessions and today's budget in the store.
+        Logged by the speaker, once per member (this runs for every frame of a refused speaker, which is
+        answered from memory for a moment after the store said no)."""
+        try:
+            return await self._caps.admit(guild_id)
+        except BudgetReached as e:
+            self._over_budget(guild_id, str(e))
+            raise
 
-    def _over_budget(self, guild_id: int) -> str | None:
+    def _over_budget(self, guild_id: int, reason: str | None = None) -> str | None:
         """Why this guild's sessions must stop now (today's budget is spent, open sessions included), or None.
         The first time each day, the caption channel is told why translation paused."""
-        budget = self.settings.caps.daily_budget_usd
-        if budget is None or self._spent_today(guild_id) < budget:
-            return None
-        reason = f"Today's translation budget (${budget:.2f}) is spent; translation resumes after midnight UTC."
+        reason = reason or self._caps.over_budget(guild_id)
+        if reason is None or reason != self._caps.budget_reason():
+            return reason
+        budget = self.settings.caps.daily_budget_usd or 0.0
         today = _today()
         if self._budget_noticed.get(guild_id) != today:
             self._budget_noticed[guild_id] = today

@@ -7,10 +7,14 @@ attributes of `SessionOptions` will do — `Settings` has them, and so does `Rea
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+if TYPE_CHECKING:
+    from bot.realtime.pool import WorkerPool
 
 
 class _Section(BaseModel):
@@ -80,6 +84,8 @@ class Endpoint:
     model: str
     api_key: SecretStr | None
     price_per_minute: float
+    # Several bot.localrt workers: each connect (and reconnect) asks the pool for the least-loaded healthy one.
+    pool: WorkerPool | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 class SessionOptions(Protocol):

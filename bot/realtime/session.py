@@ -205,6 +205,7 @@ class TranslationSession:
         self._pending_since = 0.0  # arrival of the earliest audio in _pending (0: none known)
         self._sent = 0  # stream bytes handed to a socket (or buffered for one)
         self._ack = 0  # stream bytes the server has answered for
+        self._url = endpoint.url  # where the current (or next) socket connects; a pool chooses per connect
         self._voiced_end = 0  # stream offset where the last chunk that was not silence ended
         self._phase = SessionPhase.NEW
         self._live: _Connection | None = None
@@ -477,7 +478,7 @@ class TranslationSession:
         return TranslationProtocol(s.models.transcription, s.audio.noise_reduction)
 
     def _where(self) -> str:
-        parts = urlsplit(self.endpoint.url)
+        parts = urlsplit(self._url)
         return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
     async def _connect(self) -> _Connection:
@@ -488,9 +489,11 @@ class TranslationSession:
         if self.endpoint.api_key is not None:
             headers["Authorization"] = f"Bearer {self.endpoint.api_key.get_secret_value()}"
         timeout = self.settings.session.connect_timeout_s
+        if self.endpoint.pool is not None:  # a pool of workers: the least-loaded healthy one, asked each time
+            self._url = await self.endpoint.pool.pick()
         try:
             ws = await websockets.connect(  # closes its own socket when cancelled or refused
-                self.endpoint.url,
+                self._url,
                 additional_headers=headers,
                 open_timeout=timeout,
                 close_timeout=min(2.0, self.settings.session.close_timeout_s),

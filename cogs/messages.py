@@ -133,6 +133,7 @@ def status(
     audio_dropped_s: float = 0.0,
     same_language: list[tuple[str, str]] | None = None,
     two_way: bool = False,
+    workers: list[tuple[str, bool, int]] | None = None,
 ) -> str:
     """`speakers` holds (mention, target language, connected) for each member being translated."""
     if two_way and output:
@@ -154,6 +155,9 @@ def status(
     if fastest_tempo > 1.0 or audio_dropped_s > 0:
         lines.append(catch_up(fastest_tempo, audio_dropped_s))
     lines.append(f"Cost today: {cost(usd_today, budget_usd)}")
+    if workers and len(workers) > 1:
+        shown_workers = [f"{name} {f'up, {n} sessions' if up else 'down'}" for name, up, n in workers]
+        lines.append(f"Workers: {' · '.join(shown_workers)}")
     if problem:
         lines.append(f"⚠️ Last problem: {problem}")
     shown = not_translated_lines(not_translated or [])

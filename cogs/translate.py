@@ -285,6 +285,7 @@ class TranslateCog(commands.Cog):
                           if s.same_language is None],
                 same_language=[(f"<@{s.user_id}>", s.same_language) for s in room.speakers if s.same_language],
                 two_way=room.two_way,
+                workers=room.workers,
                 opted_out=room.opted_out,
                 usd_today=spent,
                 budget_usd=self.settings.caps.daily_budget_usd,

@@ -357,7 +357,15 @@ class RoomManager:
             speakers=speakers, not_translated=not_translated, two_way=running.reverse is not None,
             fastest_tempo=max(m.max_tempo_used for m in mixes),
             audio_dropped_s=sum(m.samples_dropped for m in mixes) / MIXER_RATE,
+            workers=self.workers(),
         )
+
+    def workers(self) -> list[tuple[str, bool, int]]:
+        """The bot.localrt workers of a pool backend as last seen: (host:port, healthy, open sessions)."""
+        pool = self.endpoint.pool
+        if pool is None:
+            return []
+        return [(w.name, w.healthy, w.sessions) for w in pool.workers]
 
     @staticmethod
     def _rooms_of(running: _Running) -> list[Room]:

@@ -52,6 +52,7 @@ class RoomStatus:
     two_way: bool = False  # the output channel is interpreted too, into the source channel
     fastest_tempo: float = 1.0  # translated audio was played up to this much faster to catch up (same pitch)
     audio_dropped_s: float = 0.0  # translated audio dropped because a speaker fell behind even at max_tempo
+    workers: list[tuple[str, bool, int]] = field(default_factory=list)  # bot.localrt pool: (host:port, up, sessions)
 
 
 @dataclass(frozen=True)

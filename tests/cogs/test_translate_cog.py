@@ -565,6 +565,18 @@ async def test_status_says_when_translations_were_sped_up_or_dropped(bot: comman
     assert "2.2 s of translated audio dropped" in ia.reply
 
 
+async def test_status_shows_the_localrt_workers_of_a_pool(bot: commands.Bot, rooms: FakeRooms) -> None:
+    rooms.rooms[GUILD] = RoomStatus(GUILD, 1, 2, None, "local", workers=[("10.0.0.7:8765", True, 2)])
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert "Workers" not in ia.reply  # one worker is no pool: nothing to say
+    rooms.rooms[GUILD] = RoomStatus(GUILD, 1, 2, None, "local",
+                                    workers=[("10.0.0.7:8765", True, 2), ("10.0.0.8:8765", False, 0)])
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "status", ia)
+    assert "Workers: 10.0.0.7:8765 up, 2 sessions · 10.0.0.8:8765 down" in ia.reply
+
+
 async def test_status_names_members_not_translated_because_they_speak_the_language(
     bot: commands.Bot, rooms: FakeRooms
 ) -> None:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from bot.config import resolve_endpoint
 from bot.localrt.server import LocalRTServer
 from bot.metrics import AppCollector
+from bot.pipeline.rooms import RoomManager
 from bot.realtime.outputs import SessionError, SourceText, TargetText, TranslatedAudio
 from bot.realtime.session import TranslationSession
 from tests.localrt.conftest import API_KEY
@@ -112,6 +113,10 @@ async def test_a_worker_closed_mid_sentence_loses_no_speech(workers) -> None:
     assert await endpoint.pool.pick() == other_url, "a worker that went away is not picked"
     healthy = {w.name: w.healthy for w in endpoint.pool.workers}
     assert healthy[f"127.0.0.1:{first_port}"] is False and healthy[f"127.0.0.1:{other.port}"] is True
+    # /translate status shows them (through the RoomManager that owns the endpoint)
+    rooms = RoomManager(settings, SimpleNamespace(), endpoint, join_voice=None)  # type: ignore[arg-type]
+    assert sorted(rooms.workers()) == sorted([(f"127.0.0.1:{first_port}", False, 0),
+                                              (f"127.0.0.1:{other.port}", True, 0)])
     # the metrics show the workers
     registry = CollectorRegistry()
     registry.register(AppCollector(SimpleNamespace(listener=None, speaker=None,

@@ -34,6 +34,7 @@ INTENT_VOICE_STATES = 1 << 7
 
 # Close codes clients act on (Discord's gateway close event codes).
 AUTHENTICATION_FAILED = 4004
+INVALID_SHARD = 4010
 NOT_AUTHENTICATED = 4003
 DECODE_ERROR = 4002
 
@@ -44,6 +45,14 @@ class GatewaySession:
     zlib_stream: bool
     user: User | None = None
     intents: int = 0
+    shard: tuple[int, int] | None = None  # (shard_id, shard_count) from identify; None: every guild
+
+    def holds(self, guild_id: int | None) -> bool:
+        """Discord's rule: a guild's events go to shard (guild_id >> 22) % shard_count; DMs to shard 0."""
+        if self.shard is None:
+            return True
+        shard_id, count = self.shard
+        return (0 if guild_id is None else (guild_id >> 22) % count) == shard_id
     session_id: str = field(default_factory=lambda: secrets.token_hex(16))
     seq: int = 0
     _compressor: Any = field(default_factory=zlib.compressobj)
@@ -90,8 +99,9 @@ class Gateway:
     def sessions_of(self, user_id: int) -> list[GatewaySession]:
         return [s for s in self.sessions if s.user is not None and s.user.id == user_id]
 
-    async def dispatch_to_user(self, user_id: int, event: str, data: Any) -> bool:
-        sessions = self.sessions_of(user_id)
+    async def dispatch_to_user(self, user_id: int, event: str, data: Any, guild_id: int | None = None) -> bool:
+        """To the user's sessions; about a guild (`guild_id`), only to the session holding its shard."""
+        sessions = [s for s in self.sessions_of(user_id) if s.holds(guild_id)]
         for s in sessions:
             await s.dispatch(event, data)
         return bool(sessions)
@@ -99,7 +109,7 @@ class Gateway:
     async def dispatch_guild(self, guild: Guild, event: str, data: Any, intent: int) -> None:
         """To every identified session of a guild member that asked for `intent`."""
         for s in list(self.sessions):
-            if s.user is not None and s.user.id in guild.members and s.intents & intent:
+            if s.user is not None and s.user.id in guild.members and s.intents & intent and s.holds(guild.id):
                 await s.dispatch(event, data)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -150,8 +160,18 @@ class Gateway:
             await session.ws.close(code=AUTHENTICATION_FAILED, message=b"Authentication failed.")
             return
         session.user, session.intents = user, int((d or {}).get("intents", 0) or 0)
+        shard = (d or {}).get("shard")
+        if shard is not None:
+            try:
+                shard_id, count = int(shard[0]), int(shard[1])
+                if not 0 <= shard_id < count:
+                    raise ValueError(shard)
+            except (TypeError, ValueError, IndexError):
+                await session.ws.close(code=INVALID_SHARD, message=b"Invalid shard.")
+                return
+            session.shard = (shard_id, count)
         self.counters["identified"] += 1
-        guilds = self.world.guilds_of(user.id)
+        guilds = [g for g in self.world.guilds_of(user.id) if session.holds(g.id)]
         ready: dict[str, Any] = {
             "v": 10, "user": user.payload(), "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.session_id, "resume_gateway_url": self.resume_url, "private_channels": [],
@@ -160,7 +180,6 @@ class Gateway:
         }
         if user.bot:
             ready["application"] = {"id": str(user.id), "flags": 0}
-        shard = (d or {}).get("shard")
         if shard is not None:
             ready["shard"] = shard
         await session.dispatch("READY", ready)

@@ -145,7 +145,7 @@ class Sandbox:
         for user in users:
             guild.members[user.id] = time.time()
             for session in self.gateway.sessions_of(user.id):
-                if session.intents & INTENT_GUILDS:
+                if session.intents & INTENT_GUILDS and session.holds(guild.id):
                     await session.dispatch("GUILD_CREATE", self.world.guild_payload(guild, user.id))
 
     def deny(self, channel: Channel, user: User, perms: Perm) -> None:
@@ -183,7 +183,7 @@ class Sandbox:
         self.rest.interactions[it.id] = it
         self._event("command", {"user": user.name, "text": _command_text(it)})
         if not await self.gateway.dispatch_to_user(application.id, "INTERACTION_CREATE",
-                                                   it.payload(self.world, int(command["id"]))):
+                                                   it.payload(self.world, int(command["id"])), guild.id):
             raise ConnectionError(f"{application.name} is not connected to the gateway")
         return it
 

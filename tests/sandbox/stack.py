@@ -115,13 +115,15 @@ class Stack:
         path.write_text(yaml.safe_dump(data), encoding="utf-8")
         return path
 
-    async def start_bot(self, **config: Any) -> BotProcess:
+    async def start_bot(self, *, same_accounts: bool = False, **config: Any) -> BotProcess:
         """`python -m bot run` with the listener and speaker tokens; returns once both accounts are online.
 
         A second process gets accounts of its own (`self.listener`/`self.voice` then name the new pair), as two
-        processes sharing a token would both receive every interaction."""
-        if self.bots:
+        processes sharing a token would both receive every interaction — unless `same_accounts` (shards: each
+        process identifies with its own `discord.shard_ids` and gets only its shards' guilds)."""
+        if self.bots and not same_accounts:
             self.listener, self.voice = self.sb.add_bot(f"Parley {len(self.bots)}"), self.sb.add_bot("Parley Voice")
+        online = (len(self.sb.gateway.sessions_of(self.listener.id)), len(self.sb.gateway.sessions_of(self.voice.id)))
         log = self.tmp / f"bot-{len(self.bots)}.log"
         env = {**os.environ, "DISCORD_TOKEN": self.listener.token, "DISCORD_SPEAKER_TOKEN": self.voice.token}
         for key in ("OPENAI_API_KEY", "PARLEY_BACKEND", "LOCALRT_API_KEY"):
@@ -132,7 +134,8 @@ class Stack:
         bot = BotProcess(proc, log)
         self.bots.append(bot)
         await until(lambda: proc.poll() is not None or (
-            self.sb.gateway.sessions_of(self.listener.id) and self.sb.gateway.sessions_of(self.voice.id)
+            len(self.sb.gateway.sessions_of(self.listener.id)) > online[0]
+            and len(self.sb.gateway.sessions_of(self.voice.id)) > online[1]
             and (self.listener.id, None) in self.sb.world.commands), 60,
             "the bot to log in")
         assert proc.poll() is None, bot.text()

@@ -769,6 +769,8 @@ JOIN_TIMEOUT_S = 15.0
 def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
     """The listener's `VoiceJoin`: connect with Parley's receiving VoiceClient, muted unless it must speak (the
     way back of a two-way room)."""
+    import discord
+
     from bot.voice.client import ListeningVoiceClient
 
     async def join(guild_id: int, channel_id: int, exclude: Callable[[int], bool] | None = None, *,
@@ -789,7 +791,13 @@ def discord_voice_join(client: Any, settings: Settings) -> VoiceJoin:
             stale = guild.voice_client  # a failed connect must leave nothing behind for the next join
             if stale is not None:
                 await _logged(guild_id, "dropping a half-made voice connection", stale.disconnect(force=True))
-            reason = "Discord did not answer in time" if isinstance(e, TimeoutError) else str(e)
+            if isinstance(e, TimeoutError):
+                reason = "Discord did not answer in time"
+            elif isinstance(e, discord.ClientException) and str(e):  # written for people ("Already connected…")
+                reason = str(e)
+            else:  # anything else is ours to read, not the member's: logged with its traceback once
+                log.exception("guild %s: joining voice channel %s failed", guild_id, channel_id)
+                reason = "something went wrong on my side; it has been logged"
             raise PipelineError(f"I couldn't join {channel.mention}: {reason}") from None
         return voice_link(vc, guild, plays=speak)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
+import discord
 import numpy as np
 import pytest
 
-from bot.config import Endpoint
+from bot.config import Endpoint, load_settings
 from bot.pipeline.rooms import RoomManager, VoiceLink
 from bot.pipeline.service import PipelineError
 from bot.realtime.outputs import TargetText
@@ -563,3 +565,27 @@ async def test_two_way_needs_an_output_channel_and_the_speaker_account(store: St
         with pytest.raises(PipelineError, match="two-way room needs an output channel"):
             await rooms.join(1, 100, None, 300, two_way=True)
         assert rooms.status(1) is None
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (TimeoutError(), "Discord did not answer in time"),
+        (discord.ClientException("Already connected to a voice channel."), "Already connected"),
+        (KeyError(0), "something went wrong on my side"),  # an internal error: its text means nothing to a member
+    ],
+)
+async def test_a_failed_voice_join_says_why_in_words_a_member_can_read(error: Exception, said: str) -> None:
+    from bot.pipeline.rooms import discord_voice_join
+
+    async def connect(**kwargs: object) -> None:
+        raise error
+
+    perms = SimpleNamespace(view_channel=True, connect=True, speak=True)
+    channel = SimpleNamespace(connect=connect, mention="<#5>", permissions_for=lambda me: perms)
+    guild = SimpleNamespace(id=1, me=object(), voice_client=None, get_channel=lambda cid: channel)
+    client = SimpleNamespace(get_guild=lambda gid: guild)
+    join = discord_voice_join(client, load_settings(None, env={}))
+    with pytest.raises(PipelineError) as caught:
+        await join(1, 5)
+    assert str(caught.value).startswith(f"I couldn't join <#5>: {said}"), caught.value

@@ -54,6 +54,7 @@ class Sandbox:
         self.voice = VoiceServer(self.tls.server_context(), host=host, on_event=self._event)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._unanswered: dict[int, int] = {}  # user → voice joins to leave unanswered (fault injection)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -108,6 +109,11 @@ class Sandbox:
         self.events.append(event)
         for listener in list(self._listeners):
             listener(event)
+
+    def leave_voice_joins_unanswered(self, user: User, count: int = 1) -> None:
+        """Fault injection: the next `count` voice joins of `user` get no VOICE_STATE/SERVER_UPDATE at all, as
+        when Discord's answer is lost; the client's own timeout is what it meets."""
+        self._unanswered[user.id] = count
 
     def note(self, name: str, data: dict[str, Any]) -> None:
         """Add a line to the timeline from outside (the demo marks when people speak)."""
@@ -233,6 +239,10 @@ class Sandbox:
         if session.user.id not in guild.members:
             return
         channel_id = d.get("channel_id")
+        if channel_id is not None and self._unanswered.get(session.user.id, 0) > 0:
+            self._unanswered[session.user.id] -= 1
+            self._event("voice_join_unanswered", {"user": session.user.name})
+            return
         if channel_id is None:
             await self._leave_voice(guild, session.user.id)
             return

@@ -72,3 +72,40 @@ async def test_a_dead_player_is_restarted_and_the_mix_is_heard_again(tmp_path: P
             await carol.close()
             await account.close()
         await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("lost", [1, 2])
+async def test_a_voice_join_left_unanswered_is_tried_once_more(tmp_path: Path, lost: int) -> None:
+    """Discord's answer to the speaker account's join is lost: one more try (logged), then a clear refusal."""
+    import discord
+
+    from bot.pipeline.service import PlaybackError
+
+    async with Sandbox(tmp_path / "sb") as sb:
+        bot, carol_user = sb.add_bot("Parley Voice"), sb.add_person("Carol")
+        guild = sb.add_guild("G", carol_user)
+        out = sb.add_channel(guild, "Interpretation")
+        await sb.invite(guild, bot)
+        where = DiscordConfig(api_base=sb.api_base, gateway_url=sb.gateway_url, ca_file=sb.tls.ca_file)
+        account = SpeakerAccount(discord.Client(intents=speaker_intents(), **discord_client_options(where)),
+                                 connect_timeout=2.0)
+        carol = DisnakeMember(sb, carol_user, tmpdir=tmp_path / "carol")
+        try:
+            await account.start(bot.token)
+            await carol.start()
+            await carol.join(out)
+            sb.leave_voice_joins_unanswered(bot, lost)
+            mixer = Mixer()
+            if lost == 2:
+                with pytest.raises(PlaybackError, match="did not answer in time"):
+                    await account.play(guild.id, out.id, mixer)
+                assert bot.id not in {u.id for u in sb.in_voice(guild, out)}
+                return
+            await account.play(guild.id, out.id, mixer)
+            mixer.push(1, tone(1.0))
+            await until(lambda: loud_seconds(carol.heard(bot.id)) > 0.8, 10, "the tone after the second try")
+        finally:
+            unanswered = [e for e in sb.events if e.name == "voice_join_unanswered"]
+            assert len(unanswered) == lost
+            await carol.close()
+            await account.close()

@@ -2,8 +2,9 @@
 
 A `RoomManager` with a real SQLite `Store` (wrapped to fail at random), the real `Mixer` and a captions
 recorder, against the SDK-validating protocol peer. Faults, drawn from one seeded `random.Random`:
-backend connections cut at the transport, a backend refusing one language (`fr`), `StoreError`s on the
-pipeline's store reads and spend writes, opt-out/opt-in storms while the member's session is closing
+backend connections cut at the transport, sessions rotating (they expire 6-7 s after opening), a backend
+refusing one language (`fr`), `StoreError`s on the pipeline's store reads and on the session-lease writes behind
+the caps and the ledger, opt-out/opt-in storms while the member's session is closing
 (the peer answers `session.close` late), language changes (live and refused), members leaving and coming
 back (stream end frames, silent gaps), bursts that overflow a speaker's bounded queue, the listener's
 voice connection ending under the room and the room joined again, and a leave cancelled while its
@@ -67,7 +68,9 @@ ROUND_S = 2.0
 class FlakyStore:
     """The real Store, whose reads and spend writes used by the pipeline fail at random (seeded)."""
 
-    FLAKY = frozenset({"member", "spend_today", "opted_out_members", "add_spend"})
+    # reads on join and per speaker, and every write of the session leases behind the caps and the ledger
+    FLAKY = frozenset({"member", "spend_today", "opted_out_members", "add_spend", "open_lease", "extend_lease",
+                       "checkpoint_leases", "close_lease"})
 
     def __init__(self, store: Store, rng: random.Random) -> None:
         self.store, self.rng = store, rng
@@ -80,8 +83,11 @@ class FlakyStore:
         if name not in self.FLAKY:
             return attr
 
+        # a lease write runs per session open and every checkpoint: rarer faults keep enough speech flowing
+        p = self.p / 4 if "lease" in name else self.p
+
         async def call(*args, **kwargs):
-            if self.p and self.rng.random() < self.p:
+            if p and self.rng.random() < p:
                 self.failures[name] = self.failures.get(name, 0) + 1
                 raise StoreError(f"{self.store.path}: database is locked (injected)")
             if name == "add_spend":
@@ -241,8 +247,10 @@ async def test_soak(store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytes
         sessions.append(s)
         return s
 
-    async with Peer(faults=Faults(reject_language=REFUSED, close_delay_s=0.3)) as peer:
+    # Every session expires 6-7 s after it opens (whole seconds): it rotates 1-2 s in (5 s before expiry), mid-chaos.
+    async with Peer(faults=Faults(reject_language=REFUSED, close_delay_s=0.3, expires_in_s=6.5)) as peer:
         settings = fast_settings()
+        settings.session.rotate_before_s = 5
         settings.session.idle_timeout_s = 0.3
         settings.session.close_timeout_s = 2
         settings.session.connect_timeout_s = 2
@@ -456,6 +464,7 @@ async def test_soak(store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytes
         withheld_blocks=int((labels == "withheld").sum()), rss_mb=(round(rss_before), round(rss_mb())),
         speaker_failures=sum(r.speaker_failures for r in all_rooms),
         cost_usd=round(cost, 4), ledger_usd=round(ledger, 4),
+        rotations=sum(s.stats.rotations for s in sessions),
     )
     print("soak:", figures)
 
@@ -491,6 +500,9 @@ async def test_soak(store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytes
     assert figures["refused_language_changes"] > 0 and figures["language_changes"] > 0
     # money: each session's cost is recorded once, store errors or not
     assert sum(flaky.failures.values()) > 0
+    ledger_faults = flaky.failures.get("close_lease", 0) + flaky.failures.get("checkpoint_leases", 0)
+    assert ledger_faults > 0, "the ledger's writes failed too"
+    assert figures["rotations"] > 0, "long talkers' sessions rotated under the faults"
     assert ledger == pytest.approx(cost, rel=1e-9, abs=1e-12)
     assert rooms._spent_today(GUILD) == pytest.approx(cost, rel=1e-9, abs=1e-12)
     assert time.monotonic() - t_start < 60

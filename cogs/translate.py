@@ -199,6 +199,8 @@ class TranslateCog(commands.Cog):
         gid, uid = interaction.guild.id, interaction.user.id
         await interaction.response.defer(ephemeral=True, thinking=True)  # a live session may restart
         try:
+            if spoken is not None:
+                await self.rooms.check_spoken(spoken)  # before anything changes: nothing is half-applied
             if tag is not None:
                 await self.rooms.set_language(gid, uid, tag)  # first: the backend may not speak it
                 await self.store.set_language(gid, uid, tag)

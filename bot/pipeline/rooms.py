@@ -168,6 +168,7 @@ class RoomManager:
         self._closing = False  # shutting down: no new rooms
         self._languages: dict[str, bool] = {}  # target language → the backend accepted it
         self._listing: tuple[float, frozenset[str] | None] | None = None  # (when asked, what the backend listed)
+        self._heard: frozenset[str] | None = None  # spoken languages a listing backend recognises (last listing)
         self._joining: dict[int, set[int]] = {}  # guild → the opted-out set of the room being joined
         self._budget_noticed: dict[int, dt.date] = {}  # guild → the day its caption channel was told
 
@@ -467,10 +468,46 @@ class RoomManager:
             languages = body["output_languages"]
             if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
                 raise TypeError("output_languages is not a list of strings")
+            heard = body.get("input_languages")  # bot.localrt says what it hears too (older servers do not)
+            ok = isinstance(heard, list) and all(isinstance(x, str) for x in heard)
+            self._heard = frozenset(x.lower() for x in heard) if ok else None
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
             log.info("the backend's language list is unavailable (%s); probing instead", type(e).__name__)
             return None
         return frozenset(languages)
+
+    async def spoken_languages(self) -> frozenset[str] | None:
+        """The spoken languages the backend recognises, when it says (bot.localrt); None: it does not say (the
+        OpenAI models hear 70+ languages and identify them themselves)."""
+        if await self.output_languages() is None:
+            return None
+        return self._heard
+
+    async def check_spoken(self, language: str) -> None:
+        """Raise LanguageRefused if the backend says it cannot recognise `language` speech."""
+        heard = await self.spoken_languages()
+        if heard is not None and _base(language) not in heard:
+            raise LanguageRefused(f"The translation backend ({self.settings.backend}) can't recognise "
+                                  f"`{language}` speech; your languages are unchanged.")
+
+    async def _language_hints(self, guild_id: int, user_id: int) -> dict[str, str]:
+        """What a backend that lists what it hears (bot.localrt) is told about the speaker's language, as query
+        parameters of the session's URL: `input_language` when the member said which language they speak (no
+        identification then), else `languages`, the candidates identification may choose from — the languages
+        the guild's members hear or speak (in a guild where people talk across languages, each one's target is
+        what others speak). One language alone is no choice: then nothing is sent and the server decides."""
+        try:
+            heard = await self.spoken_languages()
+            if not heard:
+                return {}
+            speaks = await self._speaks_of(guild_id, user_id)
+            if speaks and _base(speaks) in heard:
+                return {"input_language": _base(speaks)}
+            candidates = {_base(x) for x in await self.store.guild_languages(guild_id)} & heard
+        except Exception as e:  # hints only save time: the session opens without them
+            log.info("room %s: no language hints for speaker %s: %s", guild_id, user_id, str(e) or type(e).__name__)
+            return {}
+        return {"languages": ",".join(sorted(candidates))} if len(candidates) >= 2 else {}
 
     async def _check_members(self, room: Room, link: VoiceLink) -> None:
         """At join: a stored language the backend cannot serve is reported now (join reply, status), not retried.
@@ -533,7 +570,9 @@ class RoomManager:
         lease = await self._admit(guild_id)
         write: asyncio.Task[None] | None = None
         try:
-            session = self._session_factory(self.endpoint, language, self.settings, name=f"speaker-{user_id}")
+            hints = await self._language_hints(guild_id, user_id)
+            session = self._session_factory(self.endpoint, language, self.settings, name=f"speaker-{user_id}",
+                                            **({"query": hints} if hints else {}))
             lease.session = session
             try:
                 try:
@@ -671,6 +710,11 @@ LISTING_TTL_S = 300.0  # a backend's language list is asked again after this
 LISTING_RETRY_S = 30.0  # a backend that did not list its languages is asked again after this
 LISTING_TIMEOUT_S = 2.0
 MEMBER_CHECK_TIMEOUT_S = 5.0  # all members at join; a slow backend does not hold the join up for long
+
+
+def _base(language: str) -> str:
+    """`pt-BR` → `pt`: recognisers hear languages, not regions."""
+    return language.split("-")[0].split("_")[0].lower()
 
 
 def _listed(language: str, listed: frozenset[str]) -> bool:

@@ -87,6 +87,10 @@ class RoomService(Protocol):
         """The member said which language they speak: speech already in their target language is not translated."""
         ...
 
+    async def check_spoken(self, language: str) -> None:
+        """Raise LanguageRefused if the backend says it cannot recognise speech in `language`."""
+        ...
+
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         """An opted-out member is never sent upstream; an open session of theirs is closed at once."""
         ...

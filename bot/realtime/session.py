@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -188,8 +188,12 @@ class TranslationSession:
         *,
         name: str = "session",
         backoff: Backoff | None = None,
+        query: dict[str, str] | None = None,
     ) -> None:
+        """`query`: extra parameters for the URL of every connect — what bot.localrt is told about the speaker's
+        language (`input_language`, `languages`); only for a backend that says it takes them."""
         self.endpoint = endpoint
+        self.query = dict(query or {})
         self.language = language
         self.settings: SessionOptions = settings or RealtimeOptions()
         self.name = name
@@ -493,7 +497,7 @@ class TranslationSession:
             self._url = await self.endpoint.pool.pick()
         try:
             ws = await websockets.connect(  # closes its own socket when cancelled or refused
-                self._url,
+                _with_query(self._url, self.query),
                 additional_headers=headers,
                 open_timeout=timeout,
                 close_timeout=min(2.0, self.settings.session.close_timeout_s),
@@ -816,6 +820,14 @@ class TranslationSession:
             if self._phase is not SessionPhase.FAILED:
                 self._phase = SessionPhase.CLOSED
                 self._queue.put_nowait(_END)
+
+
+def _with_query(url: str, extra: dict[str, str]) -> str:
+    if not extra:
+        return url
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(extra)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def _describe(e: BaseException) -> str:

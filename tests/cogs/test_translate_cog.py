@@ -18,7 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
-from bot.pipeline.service import PipelineError, RoomStatus, SpeakerStatus
+from bot.pipeline.service import LanguageRefused, PipelineError, RoomStatus, SpeakerStatus
 from bot.store import Store
 from cogs import messages as say
 from cogs.translate import TranslateCog, language_choices, parse_language
@@ -129,6 +129,7 @@ class FakeRooms:
         self.fail: Exception | None = None
         self.languages: frozenset[str] | None = None  # what the backend lists (None: it can't)
         self.transcripts: dict[int, Any] = {}
+        self.heard: frozenset[str] | None = None  # spoken languages the backend recognises (None: it doesn't say)
 
     async def join(self, guild_id: int, source: int, output: int | None, captions: int | None,
                    two_way: bool = False) -> RoomStatus:
@@ -152,6 +153,10 @@ class FakeRooms:
 
     async def set_speaks(self, guild_id: int, user_id: int, language: str | None) -> None:
         self.calls.append(("set_speaks", guild_id, user_id, language))
+
+    async def check_spoken(self, language: str) -> None:
+        if self.heard is not None and language not in self.heard:
+            raise LanguageRefused(f"The translation backend can't recognise `{language}` speech.")
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         self.calls.append(("set_opt_out", guild_id, user_id, opted_out))
@@ -306,6 +311,18 @@ async def test_language_needs_code_or_speaks_and_checks_both(
     await run(bot, "language", ia, code="fr", speaks="Zorbish")
     assert "Zorbish" in ia.reply and "isn't a language I know" in ia.reply
     assert rooms.calls == []  # nothing half-applied
+    me = await store.member(GUILD, ME)
+    assert (me.target_language, me.speaks) == (None, None)
+
+
+async def test_a_spoken_language_the_backend_cannot_hear_is_refused_and_nothing_changes(
+    bot: commands.Bot, rooms: FakeRooms, store: Store
+) -> None:
+    rooms.heard = frozenset({"en", "es"})
+    ia = FakeInteraction(FakeGuild())
+    await run(bot, "language", ia, code="es", speaks="Xhosa")
+    assert ia.reply == "The translation backend can't recognise `xh` speech."
+    assert rooms.calls == []  # not even the target language: one command, one outcome
     me = await store.member(GUILD, ME)
     assert (me.target_language, me.speaks) == (None, None)
 

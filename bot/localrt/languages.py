@@ -181,8 +181,8 @@ def routes(
     """Every input → output combination that works end to end (MT path and a voice exist).
 
     Same-language rows (no translation: the speech is re-voiced or left silent) are listed for the
-    languages that are both an input and an output of some translation, so a language never becomes
-    "supported" only because it can be repeated to itself.
+    languages with a voice that some translation starts from, so a language the server can do nothing
+    else with never becomes "supported" only because it can be repeated to itself.
     """
     found: list[Route] = []
     for src in inputs:
@@ -191,8 +191,8 @@ def routes(
             if path:
                 label = " → ".join(mt_pairs[p] for p in path)
                 found.append(Route(src, tgt, label, tts_voices[tgt], path_quality(path)))
-    both = {r.source for r in found} & {r.target for r in found}
-    found += [Route(x, x, "none (same language)", tts_voices[x], "same") for x in both]
+    speakable = {r.source for r in found} & set(tts_voices)
+    found += [Route(x, x, "none (same language)", tts_voices[x], "same") for x in speakable]
     return sorted(found, key=lambda r: (r.source, r.target))
 
 

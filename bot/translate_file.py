@@ -234,7 +234,7 @@ def check_target_language(target: str, langs: dict[str, Any] | None) -> None:
     want = target.split("-")[0].lower()
     if want not in outputs:
         raise UsageError(f"--to {target}: the backend cannot translate into {target}; it can into "
-                         f"{', '.join(outputs) or 'no language'} (`python -m bot localrt --languages` shows the routes)")
+                         f"{', '.join(outputs) or 'no language'} (`python -m bot localrt --languages` lists routes)")
 
 
 def check_source_language(source: str, target: str, langs: dict[str, Any] | None) -> None:

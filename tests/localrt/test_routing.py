@@ -151,3 +151,23 @@ def test_joining_from_the_packages_into_a_fresh_cache(joined: Path, tmp_path: Pa
     assert fresh == tmp_path / "whisper-base"
     assert (fresh / "model.bin").stat().st_size == BASE_MODEL_BYTES
     assert not [p for p in fresh.iterdir() if p.name.startswith(".model.bin")]  # no temporary left behind
+
+
+# --- `translate --to/--from` against the server's own list ------------------------------------------
+
+
+def test_translate_checks_to_and_from_against_the_servers_languages():
+    from bot.translate_file import UsageError, check_source_language, check_target_language
+
+    langs = {
+        "output_languages": ["ca", "es", "fr"],
+        "input_languages": ["en", "es"],
+        "routes": [{"input": "en", "output": "es"}, {"input": "es", "output": "fr"}, {"input": "en", "output": "fr"}],
+    }
+    check_target_language("es-ES", langs)
+    check_target_language("de", None)  # a backend that does not say: accepted
+    with pytest.raises(UsageError, match=r"--to de: the backend cannot translate into de; it can into ca, es, fr"):
+        check_target_language("de", langs)
+    check_source_language("es", "fr", langs)
+    with pytest.raises(UsageError, match="no es→ca route; from es it translates into fr"):
+        check_source_language("es", "ca", langs)

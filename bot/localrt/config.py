@@ -55,7 +55,12 @@ class ASRConfig(_Section):
         1500, ge=200, description="speech heard before the session's language is identified (and then kept)"
     )
     compute_type: str = "int8"
-    cpu_threads: int = Field(1, ge=1)
+    cpu_threads: int = Field(
+        2,
+        ge=1,
+        description="threads per decode: 2 lets a lone speaker's decode use both cores (whisper base: 0.8 s "
+        "instead of 1.4 s per sentence on 2 cores); concurrent decodes share them",
+    )
     num_workers: int = Field(2, ge=1, description="parallel decodes (one per executor thread)")
     beam_size: int = Field(1, ge=1)
     partial_interval_ms: int | None = Field(

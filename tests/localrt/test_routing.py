@@ -171,3 +171,11 @@ def test_translate_checks_to_and_from_against_the_servers_languages():
     check_source_language("es", "fr", langs)
     with pytest.raises(UsageError, match="no es→ca route; from es it translates into fr"):
         check_source_language("es", "ca", langs)
+
+
+def test_unknown_candidate_languages_in_the_config_are_refused(joined: Path):
+    from bot.localrt.config import ASRConfig
+    from bot.localrt.engines.asr import WhisperRecognizer
+
+    with pytest.raises(EngineError, match=r"asr\.candidate_languages: xx, klingon not known to base"):
+        WhisperRecognizer(ASRConfig(candidate_languages=["es", "xx", "klingon"]))

@@ -143,6 +143,9 @@ class WhisperRecognizer:
         language = language if multilingual else "en"
         if language is not None and language not in known:
             raise EngineError(f"asr.language {language!r}: {self.label} does not know it")
+        unknown = [c for c in cfg.candidate_languages if (languages.normalize(c) or c) not in known]
+        if unknown:
+            raise EngineError(f"asr.candidate_languages: {', '.join(unknown)} not known to {self.label}")
         self.fixed_language = language
         self.languages = frozenset({language}) if language else known
         if cfg.partial_interval_ms is not None:

@@ -243,6 +243,9 @@ def check_source_language(source: str, target: str, langs: dict[str, Any] | None
         return  # the backend does not say (OpenAI's models detect the spoken language themselves)
     code = source.split("-")[0].lower()
     heard = [str(x) for x in langs.get("input_languages", [])]
+    if code not in heard and code in langs.get("recognised_languages", []):
+        raise UsageError(f"--from {source}: the backend hears {source} but cannot translate from it; it translates "
+                         f"from {', '.join(heard) or 'no language'}")
     if code not in heard:
         raise UsageError(f"--from {source}: the backend cannot hear {source}; it recognises "
                          f"{', '.join(heard) or 'no language'} (install a multilingual ASR model for more)")

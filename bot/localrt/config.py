@@ -49,7 +49,7 @@ class ASRConfig(_Section):
     candidate_languages: list[str] = Field(
         default_factory=list,
         description="languages identification may choose, added to the ones a client names (`languages=`); "
-        "empty and none named = any language the model knows",
+        "empty and none named = the languages some translation starts from",
     )
     identify_min_speech_ms: int = Field(
         1500, ge=200, description="speech heard before the session's language is identified (and then kept)"

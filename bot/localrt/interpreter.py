@@ -78,7 +78,10 @@ class Interpreter:
         self._name = name
         self.language: str | None = engines.asr.fixed_language or spoken  # kept for the session once known
         configured = {code for code in (languages.normalize(x) for x in cfg.asr.candidate_languages) if code}
-        self._candidates = frozenset(candidates | configured) or None
+        # none named: the languages the server can translate from (a guess outside them helps nobody)
+        self._candidates = frozenset(candidates | configured) or (
+            None if self.language else engines.input_languages() or None
+        )
         self._identify_samples = cfg.asr.identify_min_speech_ms * ASR_RATE // 1000
         self._same_language = cfg.same_language
         self._vad = engines.new_vad()
@@ -173,7 +176,7 @@ class Interpreter:
                 self._name,
                 found.language,
                 found.probability,
-                ", ".join(sorted(self._candidates)) if self._candidates else "every language the recogniser knows",
+                ", ".join(sorted(self._candidates)) if self._candidates else "every language it knows",
             )
         return found.language
 

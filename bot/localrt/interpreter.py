@@ -64,7 +64,8 @@ class SessionRequest:
 
 class Interpreter:
     """`spoken`: the speaker's language when the client said it (no identification then); `candidates`:
-    the languages identification may choose (with the config's `asr.candidate_languages`), else any."""
+    the languages identification may choose, with the config's `asr.candidate_languages` (neither given:
+    the languages some route translates from)."""
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ speak Spanish or English. Whisper base is loaded once per test session (`base_en
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -247,3 +248,29 @@ async def test_unknown_codes_in_the_url_are_an_openai_shaped_error(server, query
 async def test_a_known_language_in_the_url_is_accepted(server):
     events = await sdk_session(server.url, said("en", 0), "es", {"input_language": "en", "languages": "en"})
     assert not errors(events) and "tren" in text_of(events, "session.output_transcript.delta")
+
+
+def makefile_pairs() -> list[str]:
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text(encoding="utf-8")
+    line = re.search(r"^APT_PACKAGES\s*:=\s*(.+)$", makefile, re.M)
+    assert line is not None
+    return [p for p in line.group(1).split() if p.startswith("apertium-")]
+
+
+async def test_the_default_install_gives_at_least_100_routes_on_get_languages(base_server):
+    import urllib.request
+
+    missing = [p for p in makefile_pairs() if not Path(f"/usr/share/doc/{p}").exists()]
+    if missing:
+        pytest.skip(f"not every default apertium pair is installed: {', '.join(missing)} (make system-deps)")
+    request = urllib.request.Request(f"http://127.0.0.1:{base_server.port}/v1/languages",
+                                     headers={"Authorization": f"Bearer {API_KEY}"})
+    body = await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(request, timeout=10).read()))
+    counts = body["counts"]
+    assert counts["routes"] >= 100, counts
+    assert counts["routes"] == counts["good"] + counts["usable"] + counts["poor"]
+    assert {"en", "es", "fr", "pt", "it", "ca"} <= set(body["output_languages"]) <= set(base_server.targets)
+    assert "de" in body["recognised_languages"] and "de" not in body["input_languages"]
+    routes = {(r["input"], r["output"]): r for r in body["routes"]}
+    assert routes[("fr", "it")]["quality"] == "good" and routes[("fr", "it")]["translation"] == "fr-es → spa-ita"
+    assert routes[("es", "es")]["quality"] == "same"

@@ -2,9 +2,9 @@
 language from the websocket URL or identified once, Romance routes direct and through a pivot, a crashing pair,
 same-language speech, and what stays impossible (German has no apertium pair).
 
-Speech is espeak-ng's, which whisper base hears well in English and Spanish and poorly in French, Portuguese
-and Italian (robotic prosody): the word error rates are measured and asserted loosely, and the translation tests
-speak Spanish or English. Whisper base is loaded once per test session (`base_engines`).
+Speech is espeak-ng's, which whisper base hears well in English, less well in Spanish and German, and poorly in
+French, Portuguese and Italian (robotic prosody): the word error rates are measured and asserted loosely, and the
+translation tests speak Spanish or English. Whisper base is loaded once per test session (`base_engines`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES_BY_LANGUAGE, sile
 
 SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
 MODES = Path("/usr/share/apertium/modes")
-# Measured here with whisper base int8 on espeak-ng at 130 wpm (benchmarks/bench_languages.py prints them):
-# en 0.00, es 0.42, de 0.45, it 0.67, pt 0.73, fr 0.87. The bounds leave room, and still fail if recognition
-# of a language breaks (an English-only model, a wrong language token: WER ≈ 1).
-WER_BOUNDS = {"en": 0.1, "es": 0.55, "de": 0.6, "it": 0.8, "pt": 0.85, "fr": 0.95}
+# Measured here with whisper base int8 on espeak-ng at 130 wpm, over five runs (benchmarks/bench_languages.py
+# prints them too): en 0.00, es 0.29–0.42, de 0.45, fr 0.74–0.91, pt 0.68–0.77, it 0.48–0.90. CTranslate2 does
+# not decode borderline audio identically run after run, and espeak-ng's French, Portuguese and Italian are
+# borderline for base: those three are bounded together (their mean) and each only below a wrong-language
+# decode (≈ 1.0 and more). English, Spanish and German are bounded each.
+WER_BOUNDS = {"en": 0.1, "es": 0.6, "de": 0.7, "fr": 1.0, "pt": 1.0, "it": 1.0}
+HARD = ("fr", "pt", "it")
+HARD_MEAN_BOUND = 0.9
 
 
 def norm(text: str) -> str:
@@ -112,7 +116,8 @@ def test_word_error_rate_per_language(base_engines: Engines):
         hyps = [asr.transcribe(audio16(lang, s), language=lang).text for s in sentences]
         measured[lang] = jiwer.wer([norm(s) for s in sentences], [norm(h) for h in hyps])
     print("WER per language:", {k: round(v, 2) for k, v in measured.items()})
-    assert {k for k, v in measured.items() if v > WER_BOUNDS[k]} == set(), measured
+    assert {k for k, v in measured.items() if v >= WER_BOUNDS[k]} == set(), measured
+    assert sum(measured[k] for k in HARD) / len(HARD) <= HARD_MEAN_BOUND, measured
 
 
 def test_language_identification_among_five_candidates(base_engines: Engines):
@@ -121,7 +126,7 @@ def test_language_identification_among_five_candidates(base_engines: Engines):
     assert len(clips) == 20
     right = [lang for lang, s in clips if base_engines.asr.identify(audio16(lang, s), candidates).language == lang]
     print(f"language identification: {len(right)}/20 right ({', '.join(sorted(right))})")
-    # measured 13/20 (espeak-ng's French and Portuguese are the hard ones); chance is 4/20
+    # measured 13–15/20 (espeak-ng's French and Portuguese are the hard ones); chance is 4/20
     assert len(right) >= 11
     assert right.count("es") >= 3 and right.count("de") >= 3
 

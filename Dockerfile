@@ -7,7 +7,7 @@ FROM python:3.11-slim-bookworm
 
 # The Makefile's APT_PACKAGES: libopus for voice, espeak-ng/sox for speech, apertium pairs for offline MT.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en \
+ && apt-get install -y --no-install-recommends libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en apertium-spa-cat apertium-fr-es apertium-es-pt apertium-spa-ita apertium-es-ro apertium-eo-es apertium-oc-es apertium-eu-es apertium-spa-arg apertium-hbs-eng apertium-mkd-eng apertium-isl-eng \
  && rm -rf /var/lib/apt/lists/*
 
 # /data: the store (parley.sqlite3) and anything else the bot writes (voice captures), owned by the bot's user.

@@ -4,8 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
-# Debian packages: libopus for voice, espeak-ng/sox for TTS and test speech, apertium pairs for offline MT.
-APT_PACKAGES := libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en
+# Debian packages: libopus for voice, espeak-ng/sox for TTS and test speech, apertium pairs for offline MT:
+# 15 of Debian's 46 pairs (74 MB installed), chosen for routes per MB around Spanish and English as hubs
+# (107 routes; all 46 pairs: 385 MB, 177 routes). README "Languages" says how to add the rest.
+APT_PACKAGES := libopus0 espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-eo-en apertium-spa-cat apertium-fr-es apertium-es-pt apertium-spa-ita apertium-es-ro apertium-eo-es apertium-oc-es apertium-eu-es apertium-spa-arg apertium-hbs-eng apertium-mkd-eng apertium-isl-eng
 
 # npm packages for the discord.js witness in tests/sandbox (Node 24, @discordjs/voice, @snazzah/davey): pinned in
 # tests/sandbox/node, installed into .node/ once (npm ci, then a stamp). Without npm that one test is skipped.

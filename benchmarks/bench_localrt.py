@@ -1,5 +1,8 @@
 """bot.localrt end to end: real-time factor, ear-voice span and ASR word error rate on 2 cores.
 
+English speech with the fast English-only recogniser (asr.model: tiny.en), so these figures stay comparable
+across runs; whisper base and other languages: benchmarks/bench_languages.py.
+
 Speech is synthesized here (espeak-ng, 12 English sentences), sent to an in-process server over a
 real websocket, translated to Spanish. Three runs:
   1. RTF: all audio appended as fast as possible; processing wall time / audio time.
@@ -54,9 +57,12 @@ SENTENCES = [
 ]
 
 
-def speak(text: str) -> bytes:
+TINY_EN = {"port": 0, "asr": {"model": "tiny.en", "language": "en"}}
+
+
+def speak(text: str, voice: str = "en-us") -> bytes:
     wav = subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", "130", "--stdout", text], capture_output=True, check=True
+        ["espeak-ng", "-v", voice, "-s", "130", "--stdout", text], capture_output=True, check=True
     ).stdout
     with wave.open(io.BytesIO(wav)) as w:
         rate = w.getframerate()
@@ -64,12 +70,14 @@ def speak(text: str) -> bytes:
     return soxr.resample(pcm, rate, RATE).astype("<i2").tobytes()
 
 
-def build_audio(sentences: list[str] = SENTENCES, gap_s: float = GAP_S) -> tuple[bytes, list[int]]:
+def build_audio(
+    sentences: list[str] = SENTENCES, gap_s: float = GAP_S, voice: str = "en-us"
+) -> tuple[bytes, list[int]]:
     """All sentences with gaps, frame-aligned; and the frame index where each sentence's speech ends."""
     audio = bytearray(bytes(int(RATE * 0.4) * 2))
     ends = []
     for s in sentences:
-        pcm = speak(s)
+        pcm = speak(s, voice)
         if gap_s < 0.5:  # espeak-ng ends each sentence with ~0.5 s of silence: keep 150 ms of it
             samples = np.frombuffer(pcm, dtype="<i2")
             last = int(np.nonzero(np.abs(samples) > 300)[0][-1])
@@ -85,18 +93,21 @@ def append(chunk: bytes) -> str:
     return json.dumps({"type": "session.input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
 
 
-async def session(url: str, audio: bytes, paced: bool) -> tuple[list[tuple[float, dict]], list[float], float]:
-    """Send audio (paced or not); return (receive time, event) pairs, frame send times, t0."""
+async def session(
+    url: str, audio: bytes, paced: bool, target: str = "es", query: str = ""
+) -> tuple[list[tuple[float, dict]], list[float], float]:
+    """Send audio (paced or not); return (receive time, event) pairs, frame send times, t0. `query` is
+    appended to the URL (e.g. `&input_language=fr`)."""
     events: list[tuple[float, dict]] = []
     sent: list[float] = []
-    async with connect(f"{url}/v1/realtime/translations?model=gpt-realtime-translate", max_size=None) as ws:
+    async with connect(f"{url}/v1/realtime/translations?model=gpt-realtime-translate{query}", max_size=None) as ws:
         json.loads(await ws.recv())
         await ws.send(
             json.dumps(
                 {
                     "type": "session.update",
                     "session": {
-                        "audio": {"output": {"language": "es"}, "input": {"transcription": {"model": "local"}}}
+                        "audio": {"output": {"language": target}, "input": {"transcription": {"model": "local"}}}
                     },
                 }
             )
@@ -149,7 +160,7 @@ def describe(spans: list[float], total: int) -> str:
 async def main() -> None:
     import jiwer
 
-    cfg = LocalRTConfig(port=0)
+    cfg = LocalRTConfig.model_validate(TINY_EN)
     t = time.perf_counter()
     engines = Engines.load(cfg)
     print(f"engines loaded in {time.perf_counter() - t:.1f} s; cores: {os.cpu_count()}")
@@ -207,7 +218,7 @@ async def load(speakers: tuple[int, ...] = (1, 2, 4, 8), sentences: int = 8) -> 
     span p50/p90 pooled over N real-time paced sessions, and the WER of their source transcripts."""
     import jiwer
 
-    cfg = LocalRTConfig(port=0)
+    cfg = LocalRTConfig.model_validate(TINY_EN)
     t = time.perf_counter()
     engines = Engines.load(cfg)
     loaded_s = time.perf_counter() - t

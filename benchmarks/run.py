@@ -7,7 +7,9 @@ Sections, each in its own process where it measures a process (so one run's memo
      CPU per speaker-second, its ratio to the libopus decode floor, speakers per core, memory per speaker;
   3. the delay Parley adds: in (packet → websocket), for `audio.chunk_ms` 20/40/100/200 under the largest
      load, and out (delta → frame handed to discord.py);
-  4. bot.localrt with 1, 2, 4, 8 speakers at once (benchmarks/bench_localrt.py; not with --quick).
+  4. bot.localrt with 1, 2, 4, 8 speakers at once (benchmarks/bench_localrt.py; not with --quick);
+  5. bot.localrt with multilingual whisper base: WER and ear-voice span per input language, 1/2/4 speakers
+     (benchmarks/bench_languages.py; not with --quick).
 
     python -m bot bench [--quick] [--json FILE] [--plot DIR]
 """
@@ -149,6 +151,13 @@ def collect(quick: bool, log) -> dict:
             result["localrt"] = asyncio.run(localrt_load(LOCALRT_SPEAKERS))
         except Exception as e:  # engines missing or being changed: the rest of the run still counts
             result["localrt"] = {"error": f"{type(e).__name__}: {e}"}
+        log("5/5 bot.localrt languages (whisper base: es, fr, pt, de, it, en; 1, 2, 4 speakers) ...")
+        try:
+            from benchmarks.bench_languages import collect as languages_collect
+
+            result["localrt_languages"] = asyncio.run(languages_collect(log=lambda _line: None))
+        except Exception as e:
+            result["localrt_languages"] = {"error": f"{type(e).__name__}: {e}"}
     result["wall_s"] = time.monotonic() - started
     return result
 
@@ -196,6 +205,22 @@ def table(r: dict) -> str:
                          f"ear-voice span p50/p90 {_f(x['ear_voice_p50_s'], '.2f')}/{_f(x['ear_voice_p90_s'], '.2f')} s"
                          f" ({x['spans_found']}/{x['spans_expected']}); WER {x['wer']:.3f}"
                          + ("" if x["keeps_up"] else "; falls behind")))
+    lang = r.get("localrt_languages")
+    if lang and "error" in lang:
+        rows.append(("bot.localrt languages (whisper base)", "failed", lang["error"][:120]))
+    elif lang:
+        for code, x in lang["languages"].items():
+            span = (f"ear-voice span p50 {x['ear_voice_p50_s']:.2f} s ({x['spans']}/{x['sentences']})"
+                    if x["spans"] else "no translated audio" + ("" if x["route"] else " (no route)"))
+            rows.append((f"bot.localrt base, {code}→{x['target']}: WER", f"{x['wer']:.2f}", span))
+        for n, x in lang["by_speakers"].items():
+            rows.append((f"bot.localrt base, {n} Spanish speakers at once: RTF per speaker",
+                         f"{x['rtf_per_speaker']:.2f}",
+                         f"ear-voice span p50/p90 {_f(x['ear_voice_p50_s'], '.2f')}/{_f(x['ear_voice_p90_s'], '.2f')} s"
+                         + (f" (goal p50 ≤ {lang['goal_ear_voice_p50_s']} s for one)" if n == "1" else "")))
+        d = lang["decode_s"]
+        rows.append(("bot.localrt decode per utterance, base / tiny.en", f"{d['ratio']:.1f}×",
+                     f"{d['base']:.2f} s / {d['tiny.en']:.2f} s"))
     w1 = max(len(a) for a, _, _ in rows)
     w2 = max(len(b) for _, b, _ in rows)
     head = f"Parley bench — {m['cpu']}, {m['cores']} cores, Python {m['python']}, discord.py {m['discord.py']}"

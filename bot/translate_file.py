@@ -226,12 +226,26 @@ def backend_languages(settings: Settings) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def check_target_language(target: str, langs: dict[str, Any] | None) -> None:
+    """`--to LANG` against the backend's `output_languages` (when it says them)."""
+    if langs is None:
+        return
+    outputs = [str(x) for x in langs.get("output_languages", [])]
+    want = target.split("-")[0].lower()
+    if want not in outputs:
+        raise UsageError(f"--to {target}: the backend cannot translate into {target}; it can into "
+                         f"{', '.join(outputs) or 'no language'} (`python -m bot localrt --languages` lists routes)")
+
+
 def check_source_language(source: str, target: str, langs: dict[str, Any] | None) -> None:
     """`--from LANG` against what the backend can hear; UsageError with what it can when it cannot."""
     if langs is None:
         return  # the backend does not say (OpenAI's models detect the spoken language themselves)
     code = source.split("-")[0].lower()
     heard = [str(x) for x in langs.get("input_languages", [])]
+    if code not in heard and code in langs.get("recognised_languages", []):
+        raise UsageError(f"--from {source}: the backend hears {source} but cannot translate from it; it translates "
+                         f"from {', '.join(heard) or 'no language'}")
     if code not in heard:
         raise UsageError(f"--from {source}: the backend cannot hear {source}; it recognises "
                          f"{', '.join(heard) or 'no language'} (install a multilingual ASR model for more)")
@@ -283,8 +297,10 @@ async def _local_server_if_needed(settings: Settings):
 async def _run(args: argparse.Namespace, settings: Settings, pcm: bytes, result: Result, out: WavWriter,
                progress: Progress) -> None:
     async with _local_server_if_needed(settings) as s:
+        langs = await asyncio.to_thread(backend_languages, s)
+        check_target_language(args.to, langs)
         if args.source:
-            check_source_language(args.source, args.to, await asyncio.to_thread(backend_languages, s))
+            check_source_language(args.source, args.to, langs)
         await translate_file(s, pcm, args.to, args.fast, result, out, progress)
 
 

@@ -203,8 +203,10 @@ async def test_local_silence_exits_1_with_no_speech_detected(tmp_path: Path) -> 
 
 class BrokenRecognizer:
     languages = frozenset({"en"})
+    fixed_language = "en"
+    partial_interval_ms = 1000
 
-    def transcribe(self, audio, prefix=None):
+    def transcribe(self, audio, prefix=None, language=None):
         from bot.localrt.engines.asr import EngineError
 
         raise EngineError("the recogniser crashed")
@@ -304,21 +306,23 @@ async def test_translate_reads_config_yaml_in_the_working_folder(tmp_path: Path)
 
 @needs_local
 async def test_from_a_language_the_local_backend_cannot_hear_is_refused(tmp_path: Path) -> None:
-    src = tmp_path / "es.wav"
-    espeak(src, "¿Dónde está la estación de tren?", "es")
-    code, _, stderr = await cli(str(src), "--to", "en", "--from", "es", "--backend", "local",
+    src = tmp_path / "de.wav"
+    espeak(src, "Wo ist der Bahnhof?", "de")
+    # whisper base hears German, but no installed apertium pair translates from it
+    code, _, stderr = await cli(str(src), "--to", "en", "--from", "de", "--backend", "local",
                                 "--out", str(tmp_path / "o.wav"), "--fast")
     assert code == 2
-    assert "cannot hear es; it recognises en" in one_line(stderr)
+    assert "hears de but cannot translate from it; it translates from" in one_line(stderr)
 
 
 @needs_local
 async def test_speech_the_recogniser_does_not_know_is_named(tmp_path: Path) -> None:
     """Before: Spanish to the English recogniser came out as an invented English sentence, exit 0."""
-    src = tmp_path / "es.wav"
+    src, config = tmp_path / "es.wav", tmp_path / "config.yaml"
     espeak(src, "¿Dónde está la estación de tren? Mi hermano vive en una casa grande.", "es")
+    config.write_text("local:\n  asr:\n    model: tiny.en\n")  # the English-only recogniser
     code, _, stderr = await cli(str(src), "--to", "es", "--backend", "local", "--out", str(tmp_path / "o.wav"),
-                                "--fast")
+                                "--fast", "--config", str(config))
     assert code == 1
     assert "speech was not in a language the recogniser knows (it knows: en)" in one_line(stderr)
 

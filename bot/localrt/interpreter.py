@@ -13,6 +13,7 @@ import numpy as np
 import soxr
 
 from bot.audio.pcm import to_float
+from bot.localrt import languages
 from bot.localrt.engines.asr import ASR_RATE, EngineError, Transcript
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.segmenter import Segmenter, Step
@@ -62,9 +63,28 @@ class SessionRequest:
 
 
 class Interpreter:
-    def __init__(self, engines: Engines) -> None:
+    """`spoken`: the speaker's language when the client said it (no identification then); `candidates`:
+    the languages identification may choose, with the config's `asr.candidate_languages` (neither given:
+    the languages some route translates from)."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        spoken: str | None = None,
+        candidates: frozenset[str] = frozenset(),
+        name: str = "session",
+    ) -> None:
         cfg = engines.config
         self._engines = engines
+        self._name = name
+        self.language: str | None = engines.asr.fixed_language or spoken  # kept for the session once known
+        configured = {code for code in (languages.normalize(x) for x in cfg.asr.candidate_languages) if code}
+        # none named: the languages the server can translate from (a guess outside them helps nobody)
+        self._candidates = frozenset(candidates | configured) or (
+            None if self.language else engines.input_languages() or None
+        )
+        self._identify_samples = cfg.asr.identify_min_speech_ms * ASR_RATE // 1000
+        self._same_language = cfg.same_language
         self._vad = engines.new_vad()
         self._seg = Segmenter(
             threshold=cfg.vad.threshold,
@@ -77,7 +97,7 @@ class Interpreter:
         self._resampler = soxr.ResampleStream(SAMPLE_RATE, ASR_RATE, 1, dtype="float32")
         self._audio16: list[np.ndarray] = []  # 16 kHz audio of the open segment, one array per frame
         self._pre16: list[np.ndarray] = []
-        self._partial_every = max(0, cfg.asr.partial_interval_ms // ENGINE_FRAME_MS)
+        self._partial_every = max(0, engines.asr.partial_interval_ms // ENGINE_FRAME_MS)
         self._since_partial = 0
         self._text = StableText()
         self._translated = 0  # committed words of the open segment already translated
@@ -141,9 +161,30 @@ class Interpreter:
     def _segment_audio(self) -> np.ndarray:
         return np.concatenate(self._audio16) if self._audio16 else np.zeros(0, dtype=np.float32)
 
+    def _spoken_language(self, audio: np.ndarray, final: bool) -> str | None:
+        """The session's language: given, or identified once from enough speech and then kept. A partial
+        decode before that waits (None); a final one on a shorter first segment identifies from what
+        there is, for that segment only."""
+        if self.language is not None:
+            return self.language
+        if not final and len(audio) < self._identify_samples:
+            return None
+        found = self._engines.asr.identify(audio, self._candidates)
+        if len(audio) >= self._identify_samples:
+            self.language = found.language
+            log.info(
+                "%s: the speaker's language is %s (p=%.2f among %s)",
+                self._name,
+                found.language,
+                found.probability,
+                ", ".join(sorted(self._candidates)) if self._candidates else "every language it knows",
+            )
+        return found.language
+
     def _decode_ahead(self) -> list[Output]:
         try:
-            self._ahead = self._engines.asr.transcribe(self._segment_audio())
+            audio = self._segment_audio()
+            self._ahead = self._engines.asr.transcribe(audio, language=self._spoken_language(audio, final=True))
         except EngineError as exc:
             self._ahead = None
             return [Failure("asr_failed", str(exc))]
@@ -151,8 +192,12 @@ class Interpreter:
 
     def _partial(self, settings: SessionRequest) -> list[Output]:
         try:
+            audio = self._segment_audio()
+            language = self._spoken_language(audio, final=False)
+            if language is None:
+                return []  # too little speech yet to tell the language: no partial this time
             # no prefix here: a forced prefix makes whisper repeat itself; agreement does the rest
-            hyp = self._engines.asr.transcribe(self._segment_audio())
+            hyp = self._engines.asr.transcribe(audio, language=language)
         except EngineError as exc:
             return [Failure("asr_failed", str(exc))]
         words = self._text.update(hyp.text)
@@ -182,10 +227,13 @@ class Interpreter:
         out: list[Output] = []
         ahead, self._ahead = self._ahead, None
         try:
-            hyp = ahead if ahead is not None and self._seg.ended_by_silence else self._engines.asr.transcribe(audio)
+            if ahead is not None and self._seg.ended_by_silence:
+                hyp = ahead
+            else:
+                hyp = self._engines.asr.transcribe(audio, language=self._spoken_language(audio, final=True))
             if agreed_prefix(text.committed, hyp.text.split()) < len(text.committed):
                 # the final decode contradicts text already sent: decode again continuing that text
-                hyp = self._engines.asr.transcribe(audio, prefix=text.text)
+                hyp = self._engines.asr.transcribe(audio, prefix=text.text, language=hyp.language)
         except EngineError as exc:
             return [Failure("asr_failed", str(exc))]
         if hyp.unintelligible and not text.committed:
@@ -204,9 +252,12 @@ class Interpreter:
         engines = self._engines
         if not engines.mt.can_translate(language, target):
             return [Failure("unsupported_language", f"no translation route {language}→{target}")]
+        same = language == target
         try:
-            translated = engines.mt.translate(source, language, target)
-            speech = engines.tts.synthesize(translated, target) if translated else None
+            # already in the target language: no MT; re-voiced or text only, per `same_language`
+            translated = source if same else engines.mt.translate(source, language, target)
+            speak = translated and not (same and self._same_language == "silent")
+            speech = engines.tts.synthesize(translated, target) if speak else None
         except EngineError as exc:
             log.warning("segment lost: %s", exc)
             return [Failure("engine_failed", str(exc))]

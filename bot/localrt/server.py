@@ -28,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from bot.localrt import languages
 from bot.localrt.config import LocalRTConfig
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.errors import ProtocolError
@@ -157,7 +158,15 @@ class LocalRTServer:
     async def _handle(self, ws: ServerConnection) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         model = (query.get("model") or [DEFAULT_MODEL])[0]
-        session = Session(self, ws, model)
+        try:
+            spoken = speaker_languages(query, self.engines.asr.languages)
+        except ProtocolError as exc:
+            # a bad query fixes nothing by retrying: say why, then hang up (1008: policy violation)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(exc.to_event().to_json())
+                await ws.close(1008, exc.code)
+            return
+        session = Session(self, ws, model, spoken)
         self.sessions.add(session)
         try:
             await session.run()
@@ -165,17 +174,55 @@ class LocalRTServer:
             self.sessions.discard(session)
 
 
+@dataclass(frozen=True)
+class SpeakerLanguages:
+    """What the client said about the speaker, from the websocket URL (a bot.localrt extension; the
+    official SDK passes it with ``extra_query``): ``input_language=xx`` (spoken, so no identification)
+    and ``languages=xx,yy`` (candidates for identification)."""
+
+    spoken: str | None = None
+    candidates: frozenset[str] = frozenset()
+
+
+def speaker_languages(query: dict[str, list[str]], known: frozenset[str]) -> SpeakerLanguages:
+    """Validate the query against what the recogniser hears; a ProtocolError names the bad code."""
+
+    def code_of(raw: str, param: str) -> str:
+        code = languages.normalize(raw)
+        if code is None or code not in known:
+            heard = ", ".join(sorted(known)) if len(known) < 10 else f"{len(known)} languages (GET {LANGUAGES_PATH})"
+            raise ProtocolError(
+                "unsupported_language", f"{param} {raw!r} is not a language the recogniser knows; it knows {heard}",
+                param,
+            )
+        return code
+
+    spoken = [x for x in query.get("input_language", []) if x.strip()]
+    listed = [x for value in query.get("languages", []) for x in value.split(",") if x.strip()]
+    return SpeakerLanguages(
+        spoken=code_of(spoken[-1], "input_language") if spoken else None,
+        candidates=frozenset(code_of(x, "languages") for x in listed),
+    )
+
+
 def languages_document(engines: Engines) -> dict[str, object]:
     """The body of ``GET /v1/languages``: what ``python -m bot localrt --languages`` prints, as JSON.
 
     ``output_languages``: the codes a session may ask for (``audio.output.language``);
-    ``input_languages``: spoken languages with at least one route; ``routes``: every working pair.
+    ``input_languages``: spoken languages with at least one route (what ``input_language=`` and
+    ``languages=`` may name usefully); ``recognised_languages``: every language the recogniser knows;
+    ``routes``: every working pair with its expected quality; ``counts``: the totals the CLI prints.
     """
     routes = engines.routes()
     return {
         "output_languages": sorted(engines.output_languages()),
         "input_languages": sorted({r.source for r in routes}),
-        "routes": [{"input": r.source, "output": r.target, "translation": r.mt, "voice": r.tts} for r in routes],
+        "recognised_languages": sorted(engines.asr.languages),
+        "routes": [
+            {"input": r.source, "output": r.target, "translation": r.mt, "voice": r.tts, "quality": r.quality}
+            for r in routes
+        ],
+        "counts": languages.count_routes(routes),
     }
 
 
@@ -188,9 +235,12 @@ class _Batch:
 class Session:
     """One client connection: reads events, frames audio, feeds its worker, sends results."""
 
-    def __init__(self, server: LocalRTServer, ws: ServerConnection, model: str) -> None:
+    def __init__(
+        self, server: LocalRTServer, ws: ServerConnection, model: str, spoken: SpeakerLanguages | None = None
+    ) -> None:
         cfg = server.config
         self.server = server
+        self.spoken = spoken or SpeakerLanguages()
         self.audio_bytes_received = 0
         self.ws = ws
         self.state = SessionState(model, cfg.default_output_language, cfg.session_ttl_s, server.targets)
@@ -209,8 +259,15 @@ class Session:
 
     async def run(self) -> None:
         # building the VAD loads a model file: not on the event loop
-        self._interpreter = await self.server.run_engine(Interpreter, self.server.engines)
-        log.info("session %s opened (model %s)", self.state.id, self.state.model)
+        self._interpreter = await self.server.run_engine(
+            Interpreter, self.server.engines, self.spoken.spoken, self.spoken.candidates, f"session {self.state.id}"
+        )
+        log.info(
+            "session %s opened (model %s, speaker's language: %s)",
+            self.state.id,
+            self.state.model,
+            self.spoken.spoken or "to be identified",
+        )
         await self._send(SessionCreated(session=self.state.info()))
         worker = asyncio.create_task(self._work(), name=f"localrt-{self.state.id}")
         expiry = asyncio.create_task(self._expire())

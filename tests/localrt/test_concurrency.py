@@ -41,14 +41,19 @@ class GatedRecognizer:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.languages = inner.languages
+        self.fixed_language = inner.fixed_language
+        self.partial_interval_ms = inner.partial_interval_ms
         self.gate = threading.Event()
         self.blocked = threading.Event()
 
-    def transcribe(self, audio: np.ndarray, prefix: str | None = None) -> Transcript:
+    def identify(self, audio: np.ndarray, candidates: frozenset[str] | None = None):
+        return self.inner.identify(audio, candidates)
+
+    def transcribe(self, audio: np.ndarray, prefix: str | None = None, language: str | None = None) -> Transcript:
         if len(audio) > 4 * ASR_RATE:
             self.blocked.set()
             self.gate.wait(timeout=60)
-        return self.inner.transcribe(audio, prefix)
+        return self.inner.transcribe(audio, prefix, language)
 
 
 async def test_a_stuck_session_does_not_stall_others(engines):

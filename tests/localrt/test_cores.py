@@ -91,11 +91,11 @@ def test_deltas_are_append_only_fragments():
 def test_language_codes():
     assert languages.normalize("ES") == "es" and languages.normalize("es-419") == "es"
     assert languages.normalize("cat") == "ca" and languages.normalize("12") is None
-    assert languages.parse_mode_name("eng-spa") == ("en", "es")
-    assert languages.parse_mode_name("en-eo") == ("en", "eo")
-    assert languages.parse_mode_name("eo-en-bytecode") is None
-    assert languages.parse_mode_name("eng-cat_valencia") is None
-    assert languages.parse_mode_name("xyz-spa") is None
+    assert languages.parse_mode_name("eng-spa") == [("en", "es")]
+    assert languages.parse_mode_name("en-eo") == [("en", "eo")]
+    assert languages.parse_mode_name("eo-en-bytecode") == []
+    assert languages.parse_mode_name("eng-cat_valencia") == []
+    assert languages.parse_mode_name("xyz-spa") == []
 
 
 def test_routes_direct_pivot_and_passthrough():
@@ -109,7 +109,7 @@ def test_routes_direct_pivot_and_passthrough():
     rows = languages.routes(["en", "ca"], pairs, voices)
     assert {(r.source, r.target) for r in rows} == {("en", "es"), ("en", "en"), ("ca", "es"), ("ca", "en")}
     table = languages.format_table(rows)
-    assert "| ca | es | cat-eng → eng-spa | es |" in table
+    assert "| ca | es | usable | cat-eng → eng-spa | es |" in table
 
 
 def test_espeak_voice_listing_parses():

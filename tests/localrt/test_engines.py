@@ -109,7 +109,8 @@ def test_cli_prints_the_language_table(capsys):
     cli.add_arguments(parser)
     assert cli.main(parser.parse_args(["--languages"])) == 0
     out = capsys.readouterr().out
-    assert "| en | es | eng-spa | es |" in out and "| en | ca | eng-cat | ca |" in out
+    assert "| en | es | usable | eng-spa | es |" in out and "| en | ca | usable | eng-cat | ca |" in out
+    assert "translation routes from" in out
 
 
 def test_cli_reads_the_local_section(tmp_path):

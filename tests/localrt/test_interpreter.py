@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bot.localrt.config import LocalRTConfig
-from bot.localrt.engines.asr import Transcript
+from bot.localrt.engines.asr import Identified, Transcript
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.engines.mt import RoutedTranslator
 from bot.localrt.interpreter import Failure, Interpreter, SessionRequest, SourceText, TargetAudio, TargetText
@@ -22,12 +23,17 @@ class LoudVAD:
 
 class ScriptedASR:
     languages = frozenset({"en"})
+    fixed_language = "en"
+    partial_interval_ms = 1000
 
     def __init__(self, script) -> None:
         self.script = script  # (seconds of audio, prefix) -> text
         self.calls: list[tuple[float, str | None]] = []
 
-    def transcribe(self, audio, prefix=None):
+    def identify(self, audio, candidates=None):
+        return Identified("en", 1.0)
+
+    def transcribe(self, audio, prefix=None, language=None):
         self.calls.append((round(len(audio) / 16000, 1), prefix))
         return Transcript(self.script(len(audio) / 16000, prefix), "en")
 
@@ -185,3 +191,79 @@ def test_a_stable_sentence_is_translated_before_the_pause():
     first_audio = next(i for i, o in out if isinstance(o, TargetAudio))
     assert first_audio == texts[0][0]
     assert not [o for _, o in out if isinstance(o, SourceText)]  # early translation needs no captions
+
+
+# --- issue 12: the speaker's language, identified once; speech already in the target language ------
+
+
+class IdentifyingASR(ScriptedASR):
+    """A multilingual recogniser: records what identification was asked, hears `language` when told none."""
+
+    fixed_language = None
+    languages = frozenset({"en", "es", "fr"})
+
+    def __init__(self, script, heard: str) -> None:
+        super().__init__(script)
+        self.heard = heard
+        self.identified: list[tuple[float, frozenset[str] | None]] = []
+        self.told: list[str | None] = []
+
+    def identify(self, audio, candidates=None):
+        self.identified.append((round(len(audio) / 16000, 1), candidates))
+        return Identified(self.heard, 0.9)
+
+    def transcribe(self, audio, prefix=None, language=None):
+        self.told.append(language)
+        return Transcript(self.script(len(audio) / 16000, prefix), language or self.heard)
+
+
+class TwoWayMT(UpperMT):
+    def pairs(self):
+        return {("en", "xx"): "upper", ("es", "xx"): "upper"}
+
+
+def make_identifying(heard: str, spoken=None, candidates=frozenset(), **local):
+    asr = IdentifyingASR(lambda s, p: "hola amigos.", heard)
+    config = LocalRTConfig.model_validate(
+        {"vad": {"min_silence_ms": 400, "pre_roll_ms": 200}, "asr": {"candidate_languages": ["fr"]}, **local}
+    )
+    engines = ScriptedEngines(config=config, asr=asr, mt=RoutedTranslator(TwoWayMT()), tts=BeepTTS())
+    return Interpreter(engines, spoken, candidates), asr
+
+
+def test_the_language_is_identified_once_from_enough_speech_then_kept():
+    interp, asr = make_identifying("es", candidates=frozenset({"en", "es"}))
+    request = SessionRequest("xx", transcribe=True)
+    # 1.4 s into the segment a partial is due, but 1.5 s of speech is needed: no partial, no identification
+    out = run(interp, "." + "s" * 7, request)
+    assert asr.identified == [] and asr.told == [] and out == []
+    out = run(interp, "s" * 8 + "...", request)
+    # the next partial (2.4 s of audio) identifies, among the client's candidates and the config's
+    assert asr.identified == [(2.4, frozenset({"en", "es", "fr"}))]
+    assert interp.language == "es" and set(asr.told) == {"es"}
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["HOLA AMIGOS."]
+    run(interp, "ssssssssss...", request)
+    assert len(asr.identified) == 1  # kept for the session: never paid again
+
+
+def test_a_short_first_segment_is_identified_for_itself_only():
+    interp, asr = make_identifying("es")
+    run(interp, "sss...", SessionRequest("xx", transcribe=False))  # 0.6 s + pre-roll: too short to keep
+    assert len(asr.identified) == 1 and asr.identified[0][1] == frozenset({"fr"})  # the config's list
+    assert interp.language is None and asr.told == ["es"]
+
+
+def test_a_given_language_skips_identification():
+    interp, asr = make_identifying("fr", spoken="es")
+    out = run(interp, "ssssssssss...", SessionRequest("xx", transcribe=False))
+    assert asr.identified == [] and set(asr.told) == {"es"}
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["HOLA AMIGOS."]
+
+
+@pytest.mark.parametrize("mode", ["revoice", "silent"])
+def test_speech_already_in_the_target_language_is_not_translated(mode):
+    interp, _ = make_identifying("es", spoken="es", same_language=mode)
+    out = run(interp, "ssssssssss...", SessionRequest("es", transcribe=False))
+    assert [o.delta for o in out if isinstance(o, TargetText)] == ["hola amigos."]  # the text as heard, no MT
+    audio = [o for o in out if isinstance(o, TargetAudio)]
+    assert bool(audio) == (mode == "revoice")

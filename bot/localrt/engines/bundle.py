@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.localrt import languages
 from bot.localrt.config import LocalRTConfig
@@ -18,6 +18,7 @@ class Engines:
     asr: Recognizer
     mt: RoutedTranslator
     tts: Synthesizer
+    _routes: list[languages.Route] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, config: LocalRTConfig) -> Engines:
@@ -33,7 +34,16 @@ class Engines:
         return make_vad(self.config.vad)
 
     def routes(self) -> list[languages.Route]:
-        return languages.routes(sorted(self.asr.languages), self.mt.pairs(), self.tts.voices(), self.config.mt.pivot)
+        """Every working input → output route (computed once: engines do not change while serving)."""
+        if self._routes is None:
+            self._routes = languages.routes(
+                sorted(self.asr.languages), self.mt.pairs(), self.tts.voices(), self.config.mt.pivot
+            )
+        return list(self._routes)
+
+    def input_languages(self) -> frozenset[str]:
+        """Spoken languages at least one translation starts from (identification's default candidates)."""
+        return frozenset(r.source for r in self.routes() if r.source != r.target)
 
     def output_languages(self) -> set[str]:
         """Targets at least one recognised input language can reach, with a voice to speak them."""

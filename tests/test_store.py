@@ -41,17 +41,21 @@ async def test_member_round_trip_and_defaults(target: str | Path) -> None:
         assert (await store.member(G2, 1)).target_language is None  # per guild
 
 
-async def test_speaks_round_trip_and_guild_languages(target: str | Path) -> None:
+async def test_speaks_round_trip_and_spoken_languages(target: str | Path) -> None:
     async with await Store.open(target) as store:
         await store.set_speaks(G, 1, "es")
-        await store.set_language(G, 2, "fr")
+        await store.set_speaks(G, 4, "pt")
+        await store.set_speaks(G, 5, "es")
+        await store.set_language(G, 2, "fr")  # a language heard, not spoken: no candidate
         await store.set_speaks(G2, 3, "ja")
         assert (await store.member(G, 1)).speaks == "es"
         assert (await store.member(G, 1)).target_language is None
-        assert await store.guild_languages(G) == {"es", "fr"}
+        assert await store.spoken_languages(G) == {"es", "pt"}
         await store.set_speaks(G, 1, None)
-        assert await store.guild_languages(G) == {"fr"}
-        assert await store.guild_languages(G2) == {"ja"}
+        assert await store.spoken_languages(G) == {"es", "pt"}
+        await store.set_speaks(G, 5, None)
+        assert await store.spoken_languages(G) == {"pt"}
+        assert await store.spoken_languages(G2) == {"ja"}
 
 
 async def test_guild_channels_round_trip(target: str | Path) -> None:

@@ -477,25 +477,26 @@ class RoomManager:
         return frozenset(languages)
 
     async def spoken_languages(self) -> frozenset[str] | None:
-        """The spoken languages the backend recognises, when it says (bot.localrt); None: it does not say (the
-        OpenAI models hear 70+ languages and identify them themselves)."""
+        """The spoken languages the backend can translate from, when it says (bot.localrt's `input_languages`);
+        None: it does not say (the OpenAI models hear 70+ languages and identify them themselves)."""
         if await self.output_languages() is None:
             return None
         return self._heard
 
     async def check_spoken(self, language: str) -> None:
-        """Raise LanguageRefused if the backend says it cannot recognise `language` speech."""
+        """Raise LanguageRefused if the backend says it cannot translate from `language` speech."""
         heard = await self.spoken_languages()
         if heard is not None and _base(language) not in heard:
-            raise LanguageRefused(f"The translation backend ({self.settings.backend}) can't recognise "
+            raise LanguageRefused(f"The translation backend ({self.settings.backend}) can't translate from "
                                   f"`{language}` speech; your languages are unchanged.")
 
     async def _language_hints(self, guild_id: int, user_id: int) -> dict[str, str]:
         """What a backend that lists what it hears (bot.localrt) is told about the speaker's language, as query
         parameters of the session's URL: `input_language` when the member said which language they speak (no
         identification then), else `languages`, the candidates identification may choose from — the languages
-        the guild's members hear or speak (in a guild where people talk across languages, each one's target is
-        what others speak). One language alone is no choice: then nothing is sent and the server decides."""
+        the guild's members said they speak (the server adds its `local.asr.candidate_languages`). Fewer than two
+        is no choice (a member who did not say may speak another): then nothing is sent and the server decides
+        among every language it can translate from."""
         try:
             heard = await self.spoken_languages()
             if not heard:
@@ -503,7 +504,7 @@ class RoomManager:
             speaks = await self._speaks_of(guild_id, user_id)
             if speaks and _base(speaks) in heard:
                 return {"input_language": _base(speaks)}
-            candidates = {_base(x) for x in await self.store.guild_languages(guild_id)} & heard
+            candidates = {_base(x) for x in await self.store.spoken_languages(guild_id)} & heard
         except Exception as e:  # hints only save time: the session opens without them
             log.info("room %s: no language hints for speaker %s: %s", guild_id, user_id, str(e) or type(e).__name__)
             return {}

@@ -88,7 +88,7 @@ class RoomService(Protocol):
         ...
 
     async def check_spoken(self, language: str) -> None:
-        """Raise LanguageRefused if the backend says it cannot recognise speech in `language`."""
+        """Raise LanguageRefused if the backend says it cannot translate from speech in `language`."""
         ...
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:

@@ -143,9 +143,10 @@ class Store(abc.ABC):
         """The language the member speaks; None clears it (their language is identified from speech again)."""
 
     @abc.abstractmethod
-    async def guild_languages(self, guild_id: int) -> set[str]:
-        """Every language members of the guild chose to hear or said they speak: the candidates when a
-        backend identifies a speaker's language."""
+    async def spoken_languages(self, guild_id: int) -> set[str]:
+        """The languages members of the guild said they speak: the candidates when a backend identifies the
+        language of a member who did not say. (Not the languages they hear: English speakers who want Spanish
+        and French captions speak neither.)"""
 
     @abc.abstractmethod
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None: ...

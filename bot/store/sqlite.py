@@ -156,11 +156,9 @@ class SqliteStore(Store):
     async def set_speaks(self, guild_id: int, user_id: int, language: str | None) -> None:
         await self._upsert_member(guild_id, user_id, "speaks", language)
 
-    async def guild_languages(self, guild_id: int) -> set[str]:
+    async def spoken_languages(self, guild_id: int) -> set[str]:
         rows = await self._all(
-            "SELECT target_language FROM members WHERE guild_id = ? AND target_language IS NOT NULL "
-            "UNION SELECT speaks FROM members WHERE guild_id = ? AND speaks IS NOT NULL",
-            (guild_id, guild_id),
+            "SELECT DISTINCT speaks FROM members WHERE guild_id = ? AND speaks IS NOT NULL", (guild_id,),
         )
         return {r[0] for r in rows}
 

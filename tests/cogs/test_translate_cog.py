@@ -156,7 +156,7 @@ class FakeRooms:
 
     async def check_spoken(self, language: str) -> None:
         if self.heard is not None and language not in self.heard:
-            raise LanguageRefused(f"The translation backend can't recognise `{language}` speech.")
+            raise LanguageRefused(f"The translation backend can't translate from `{language}` speech.")
 
     async def set_opt_out(self, guild_id: int, user_id: int, opted_out: bool) -> None:
         self.calls.append(("set_opt_out", guild_id, user_id, opted_out))
@@ -321,7 +321,7 @@ async def test_a_spoken_language_the_backend_cannot_hear_is_refused_and_nothing_
     rooms.heard = frozenset({"en", "es"})
     ia = FakeInteraction(FakeGuild())
     await run(bot, "language", ia, code="es", speaks="Xhosa")
-    assert ia.reply == "The translation backend can't recognise `xh` speech."
+    assert ia.reply == "The translation backend can't translate from `xh` speech."
     assert rooms.calls == []  # not even the target language: one command, one outcome
     me = await store.member(GUILD, ME)
     assert (me.target_language, me.speaks) == (None, None)

@@ -267,8 +267,9 @@ def check_local(config: LocalRTConfig, target_language: str) -> list[Finding]:
     asr_field = "local.asr.model" if config.asr.model else "local.asr.engine"
     try:
         asr = make_recognizer(config.asr)
-        model = config.asr.model or "the bundled whisper tiny.en"
-        hears = ", ".join(sorted(asr.languages))
+        model = getattr(asr, "label", None) or config.asr.model or config.asr.engine
+        heard = sorted(asr.languages)
+        hears = ", ".join(heard) if len(heard) <= 12 else f"{len(heard)} languages"
         found.append(Finding("ok", "local.asr", f"{config.asr.engine} ({model}) hears {hears}"))
     except (EngineError, OSError, ValueError) as e:
         found.append(Finding("error", asr_field, first_line(e)))
@@ -300,15 +301,18 @@ def check_local(config: LocalRTConfig, target_language: str) -> list[Finding]:
         engines = Engines(config=config, asr=asr, mt=mt, tts=tts)
         outputs = engines.output_languages()
         code = languages.normalize(target_language) or target_language
-        route = next((r for r in engines.routes() if r.target == code), None)
+        into = [r for r in engines.routes() if r.target == code and r.source != code]
+        route = next((r for r in into if r.source == "en"), into[0] if into else None)  # English first, if it can
         if route is None:
             can = ", ".join(sorted(outputs)) or "nothing"
             found.append(Finding("error", "target_language",
                                  f"bot.localrt cannot produce {target_language!r} with what is installed here (it can: "
                                  f"{can}; `python -m bot localrt --languages` shows how)"))
         else:
+            sources = sorted({r.source for r in into})
             found.append(Finding("ok", "target_language",
-                                 f"{target_language} from {route.source} (translation: {route.mt}, voice {route.tts})"))
+                                 f"{target_language} from {len(sources)} language(s) ({', '.join(sources)}); e.g. "
+                                 f"from {route.source}: translation {route.mt}, voice {route.tts}"))
     return found
 
 

@@ -136,7 +136,9 @@ class Progress:
 
 
 async def translate_file(settings: Settings, pcm: bytes, language: str, fast: bool, result: Result,
-                         out: WavWriter, progress: Progress) -> None:
+                         out: WavWriter, progress: Progress, spoken: str | None = None) -> None:
+    """`spoken`: the input's language (`--from`), told to a backend that takes it (bot.localrt's
+    `input_language`: no identification); None for the OpenAI models, which identify it themselves."""
     endpoint = resolve_endpoint(settings)
     # A close waits for what was sent: at most the whole input still to translate (plus the usual
     # margin), instead of a fixed 10 s that cut long `--fast` runs short.
@@ -144,7 +146,8 @@ async def translate_file(settings: Settings, pcm: bytes, language: str, fast: bo
     session_cfg = settings.session.model_copy(
         update={"close_timeout_s": settings.session.close_timeout_s + 2 * input_s})
     settings = settings.model_copy(update={"session": session_cfg})
-    session = TranslationSession(endpoint, language, settings, name="translate")
+    query = {"input_language": spoken.split("-")[0].lower()} if spoken else None
+    session = TranslationSession(endpoint, language, settings, name="translate", query=query)
 
     async def collect() -> None:
         async for item in session.outputs():
@@ -301,7 +304,9 @@ async def _run(args: argparse.Namespace, settings: Settings, pcm: bytes, result:
         check_target_language(args.to, langs)
         if args.source:
             check_source_language(args.source, args.to, langs)
-        await translate_file(s, pcm, args.to, args.fast, result, out, progress)
+        # only a backend that lists what it hears (bot.localrt) takes the hint; it was checked just above
+        spoken = args.source if args.source and langs is not None and "input_languages" in langs else None
+        await translate_file(s, pcm, args.to, args.fast, result, out, progress, spoken)
 
 
 def _same_file(a: Path, b: Path) -> bool:

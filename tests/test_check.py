@@ -54,13 +54,14 @@ def test_a_config_that_cannot_work_fails_naming_the_field(
 
 
 def test_what_works_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # tiny.en: English is the one input, so the route named is en→es (base would name the first of 14)
+    # tiny.en: English is the one input
     (tmp_path / "c.yaml").write_text("backend: local\ntarget_language: es\nlocal:\n  tts:\n    voices: {es: es-419}\n"
                                      "  asr:\n    model: tiny.en\n"
                                      f"store:\n  path: {tmp_path / 'new' / 'p.sqlite3'}\n")
     assert check(load_settings(tmp_path / "c.yaml", env={"DISCORD_TOKEN": "t"}), "c.yaml") == 0
     out = capsys.readouterr().out
-    assert "ok     target_language: es from en (translation: eng-spa, voice es-419)" in out
+    assert "ok     target_language: es from 1 language(s) (en); e.g. from en: translation eng-spa, voice es-419" in out
+    assert "ok     local.asr: faster-whisper (tiny.en) hears en" in out
     assert not (tmp_path / "new").exists(), "--check creates nothing"
 
 

@@ -169,14 +169,14 @@ class Probe:
         send_audio, send_chunk, handle = (TranslationSession.send_audio, TranslationSession._send_chunk,
                                           TranslationSession._handle)
 
-        async def _send_audio(self, pcm16: bytes) -> None:
+        async def _send_audio(self, pcm16: bytes, arrived_at: float = 0.0) -> None:
             if len(pcm16) == ENGINE_FRAME_BYTES and pcm16 != silence:
                 probe.sent[self.name].append((self._sent + len(self._pending), time.monotonic()))
-            await send_audio(self, pcm16)
+            await send_audio(self, pcm16, arrived_at)
 
-        async def _send_chunk(self, chunk: bytes) -> None:
+        async def _send_chunk(self, chunk: bytes, since: float = 0.0) -> None:
             pos, live = self._sent, self._live is not None
-            await send_chunk(self, chunk)
+            await send_chunk(self, chunk, since)
             if live:
                 probe.written[self.name][pos] = time.monotonic()
 
@@ -197,9 +197,9 @@ class Probe:
             self.current = now
             feed(data, now)
 
-        def _on_frame(user_id: int, pcm: bytes) -> None:
+        def _on_frame(user_id: int, pcm: bytes, at: float = 0.0) -> None:
             trigger[index[user_id]].append(self.current)
-            on_frame(user_id, pcm)
+            on_frame(user_id, pcm, at)
 
         receiver.feed = _feed
         sink.on_frame = _on_frame
@@ -209,12 +209,12 @@ class Probe:
         push, take, read = mixer.push, mixer._take, source.read
         received = self.received
 
-        def _push(key: int, pcm: bytes) -> None:
+        def _push(key: int, pcm: bytes, received_at: float | None = None) -> None:
             q = received.get(f"speaker-{key}")
             t_recv = q.popleft() if q else float("nan")
             self.pushes.append((key, self.pushed[key], time.monotonic(), t_recv))
             self.pushed[key] += len(pcm)
-            push(key, pcm)
+            push(key, pcm, received_at)
 
         def _take() -> list[bytes]:
             with mixer._lock:

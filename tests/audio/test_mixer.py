@@ -123,16 +123,32 @@ def test_soft_clip_is_identity_below_the_knee_and_bounded_monotonic_above() -> N
 
 
 def test_backlog_bound_drops_the_oldest_audio_and_counts_it() -> None:
-    mixer = Mixer(max_backlog_s=0.5)
+    """Audio that has waited longer than the bound (in play time: 20 ms per read) while the queue is over it
+    goes, oldest first; what came since stays."""
+    mixer = Mixer(max_backlog_s=0.5, max_tempo=1.0)
     mixer.push(1, tone(500, 1.5))
+    read(mixer, 30)  # 0.6 s played: the rest of the 500 Hz tone has now waited 0.6 s
     mixer.push(1, tone(2000, 0.5))
     stats = mixer.stats()
-    assert stats.samples_dropped == int(1.5 * RATE_IN)
+    assert stats.samples_dropped == int(0.9 * RATE_IN)
     assert mixer.backlog_ms(1) == pytest.approx(500)
     out = read(mixer, 40)[:, 0].astype(np.float64)
     assert peak_hz(out) == pytest.approx(2000, abs=3)  # what stayed is the newest audio
     assert band_level(out, 500) < 0.01
-    assert mixer.stats().samples_mixed == RATE_IN // 2
+    assert mixer.stats().samples_mixed == int(0.6 * RATE_IN) + RATE_IN // 2
+
+
+def test_one_burst_longer_than_the_bound_is_played_whole_and_faster() -> None:
+    """bot.localrt sends a sentence's synthesized speech at once: 1.5 s into a 0.5 s bound is not cut at its
+    start (the words a listener needs first); it plays faster until caught up."""
+    mixer = Mixer(max_backlog_s=0.5)
+    mixer.push(1, tone(500, 1.5))
+    assert mixer.stats().samples_dropped == 0 and mixer.backlog_ms(1) == pytest.approx(1500)
+    out = read(mixer, 100)[:, 0].astype(np.float64)
+    stats = mixer.stats()
+    assert stats.samples_dropped == 0 and stats.samples_mixed == int(1.5 * RATE_IN)
+    assert stats.max_tempo_used > 1.0
+    assert peak_hz(out[: int(0.5 * 48_000)]) == pytest.approx(500, abs=3)  # faster, same pitch
 
 
 def test_odd_sized_chunks_join_seamlessly() -> None:

@@ -480,11 +480,11 @@ async def test_status_shows_how_the_mix_kept_up(store: Store) -> None:
         status = rooms.status(1)
         assert status.fastest_tempo == 1.0 and status.audio_dropped_s == 0.0
         mixer = playback.mixers[1]
-        mixer.push(42, bytes(2 * 24_000 * 4))  # 4 s at once: 1 s over the 3 s bound
-        for _ in range(5):
+        for _ in range(500):  # 40 ms of translation per 20 ms played: 2×, more than the catch-up tempo can take
+            mixer.push(42, bytes(2 * 24 * 40))
             mixer.read_frame()
         status = rooms.status(1)
-        assert status.audio_dropped_s == pytest.approx(1.0)
+        assert 1.0 < status.audio_dropped_s < 10.0
         assert status.fastest_tempo > 1.2
         await rooms.leave(1)
 

@@ -431,7 +431,10 @@ class Rest:
             raise ApiError(404, 10008, "Unknown Message")
         if request.method == "GET":
             return _json(msg.payload())
-        headers = self.rate_limits.check("webhook", hook.id)
+        return await self._edit_or_delete(request, msg, self.rate_limits.check("webhook", hook.id))
+
+    async def _edit_or_delete(self, request: web.Request, msg: Message, headers: dict[str, str]) -> web.Response:
+        """PATCH or DELETE of a message the caller may change, with the rate-limit headers of its scope."""
         if request.method == "DELETE":
             resp = self._delete(msg)
             resp.headers.update(headers)
@@ -491,10 +494,4 @@ class Rest:
             return _json(msg.payload())
         if msg.author.id != user.id:
             raise ApiError(403, 50005, "Cannot edit a message authored by another user")
-        headers = self.rate_limits.check("messages", channel.id)
-        if request.method == "DELETE":
-            resp = self._delete(msg)
-            resp.headers.update(headers)
-            return resp
-        body, files = await self._body(request)
-        return _json(self._edit(msg, body, files).payload(), headers=headers)
+        return await self._edit_or_delete(request, msg, self.rate_limits.check("messages", channel.id))

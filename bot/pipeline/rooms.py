@@ -293,8 +293,12 @@ class RoomManager:
             for pump in pumps:
                 pump.cancel()
             for pump in pumps:
-                with contextlib.suppress(BaseException):
+                try:
                     await pump
+                except asyncio.CancelledError:
+                    pass
+                except Exception as e:  # it had died before the leave: said once, the cleanup goes on
+                    log.error("room %s: its frame pump had failed: %r", guild_id, e)
             rooms = [running.room] + ([running.reverse.room] if running.reverse is not None else [])
             await asyncio.gather(*(room.close() for room in rooms))  # last words are still translated and played
             if running.notices:

@@ -593,8 +593,10 @@ class RoomManager:
             finally:
                 # first what must not be lost even if this finally is cancelled: the slot and the ledger
                 write = self._caps.release(lease)
-                with contextlib.suppress(Exception):
+                try:
                     await session.abort()  # a no-op after a graceful close; closes the socket after anything else
+                except Exception as e:  # the slot and ledger are already safe; a socket that would not close is said
+                    log.warning("room %s: closing speaker %s's session failed: %r", guild_id, user_id, e)
         finally:
             if write is None:
                 write = self._caps.release(lease)  # the session could not even be made

@@ -309,7 +309,7 @@ class Caps:
     async def _close(self, lease: Lease) -> None:
         extending = self._guild(lease.guild_id).extending
         if extending is not None:  # its reservation lands on the row before the row is closed
-            with contextlib.suppress(asyncio.CancelledError):  # `_extend` reports its own store failures
+            with contextlib.suppress(Exception):  # nothing to add: `_extend` reports its own store failures
                 await asyncio.shield(extending)
         await self._save()
 

@@ -741,6 +741,7 @@ class DiscordCaptions:
 
     def __init__(self, client: Any, router: Any) -> None:
         self.client, self.router = client, router
+        self.names = DiscordNames(client)
 
     async def open(self, guild_id: int, channel_id: int) -> None:
         guild = self.client.get_guild(guild_id)
@@ -749,8 +750,8 @@ class DiscordCaptions:
             raise PipelineError("I can't see the caption channel.")
 
         webhook = await self._webhook(channel, guild.me)
-        await self.router.open(guild_id, channel, name_of=lambda uid: self._name_of(guild_id, uid), webhook=webhook,
-                               avatar_of=lambda uid: self._avatar_of(guild_id, uid))
+        await self.router.open(guild_id, channel, name_of=lambda uid: self.names.member(guild_id, uid),
+                               webhook=webhook, avatar_of=lambda uid: self.names.avatar(guild_id, uid))
 
     async def _webhook(self, channel: Any, me: Any) -> Any:
         """Parley's caption webhook in `channel` (reused, or made) when it may manage webhooks there; else None:
@@ -768,20 +769,10 @@ class DiscordCaptions:
             log.warning("captions: no webhook in channel %s (%s); posting labelled messages", channel.id, e)
             return None
 
-    def _name_of(self, guild_id: int, user_id: int) -> str | None:
-        guild = self.client.get_guild(guild_id)
-        member = guild.get_member(user_id) if guild else None
-        return member.display_name if member else None
-
-    def _avatar_of(self, guild_id: int, user_id: int) -> str | None:
-        guild = self.client.get_guild(guild_id)
-        member = guild.get_member(user_id) if guild else None
-        return member.display_avatar.url if member else None
-
     def speaker(self, guild_id: int, user_id: int, language: str) -> None:
         poster = self.router.get(guild_id)
         if poster is not None:
-            poster.board.set_speaker(user_id, self._name_of(guild_id, user_id) or f"Speaker {user_id}", language)
+            poster.board.set_speaker(user_id, self.names.member(guild_id, user_id) or f"Speaker {user_id}", language)
 
     def __call__(self, guild_id: int, user_id: int, output: SessionOutput) -> None:
         self.router(guild_id, user_id, output)
@@ -803,10 +794,17 @@ class DiscordNames:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def member(self, guild_id: int, user_id: int) -> str | None:
+    def _member(self, guild_id: int, user_id: int) -> Any:
         guild = self.client.get_guild(guild_id)
-        member = guild.get_member(user_id) if guild else None
+        return guild.get_member(user_id) if guild else None
+
+    def member(self, guild_id: int, user_id: int) -> str | None:
+        member = self._member(guild_id, user_id)
         return member.display_name if member else None
+
+    def avatar(self, guild_id: int, user_id: int) -> str | None:
+        member = self._member(guild_id, user_id)
+        return member.display_avatar.url if member else None
 
     def channel(self, guild_id: int, channel_id: int) -> str | None:
         guild = self.client.get_guild(guild_id)

@@ -71,6 +71,7 @@ class Room:
         self.frames_withheld = 0  # frames of opted-out members, never sent anywhere
         self.frames_ignored = 0  # frames of members that are not interpreted (bots)
         self.frames_refused = 0  # frames of members whose speaker failed, while it waits to be replaced
+        self.frames_failed = 0  # frames lost to an error while routing them (logged once)
         self.speaker_failures = 0
         self.blocked: dict[int, str] = {}  # member → why they are not translated (a refused stored language)
         self.problem: str | None = None
@@ -124,10 +125,17 @@ class Room:
         speaker.feed(pcm, end, at)
 
     async def pump(self, frames: asyncio.Queue) -> None:
-        """Consume the listener's queue of `VoiceFrame`s until cancelled."""
+        """Consume the listener's queue of `VoiceFrame`s until cancelled. A frame that cannot be routed (a bug)
+        is lost, counted and logged once: the room goes on interpreting everyone else, never stops silently."""
         while True:
             frame = await frames.get()
-            self.feed(frame.user_id, frame.pcm, frame.end, frame.at)
+            try:
+                self.feed(frame.user_id, frame.pcm, frame.end, frame.at)
+            except Exception:
+                self.frames_failed += 1
+                if self.frames_failed == 1:
+                    log.exception("room %s: a frame of member %s could not be routed (more are only counted)",
+                                  self.guild_id, frame.user_id)
 
     async def _supervise(self, speaker: Speaker) -> None:
         """The speaker's task: run it; an unexpected failure is logged once and shown, never silent."""

@@ -258,3 +258,43 @@ async def test_utterances_that_come_back_untranslated_close_the_session_and_it_s
         await asyncio.sleep(0.2)
         assert len(peer.connections) == 2
         await room.close()
+
+
+async def test_a_frame_that_cannot_be_routed_is_counted_and_logged_once_and_the_pump_goes_on(caplog,
+                                                                                              monkeypatch) -> None:
+    from bot.pipeline import room as room_module
+    from bot.voice.worker import VoiceFrame
+
+    monkeypatch.setattr(room_module, "CLOSE_TIMEOUT_S", 0.2)
+
+    def ignore(user_id: int) -> bool:
+        if user_id == 9:
+            raise RuntimeError("member cache broken")
+        return False
+
+    async def language_of(user_id: int) -> str:
+        return "es"
+
+    @contextlib.asynccontextmanager
+    async def no_lease(user_id: int, language: str) -> AsyncIterator[TranslationSession]:
+        await asyncio.sleep(3600)
+        yield  # type: ignore[misc]
+
+    room = Room(1, 10, None, None, backend="test", idle_timeout_s=1, lease=no_lease, ignore=ignore,
+                language_of=language_of, on_output=lambda uid, out: None)
+    frames: asyncio.Queue = asyncio.Queue()
+    for uid in (9, 9, 9, 7):
+        frames.put_nowait(VoiceFrame(uid, bytes(FRAME)))
+    pump = asyncio.create_task(room.pump(frames))
+    try:
+        async with asyncio.timeout(5):
+            while frames.qsize():
+                await asyncio.sleep(0.01)
+        assert not pump.done(), "the pump died with the bad frame"
+        assert room.frames_failed == 3 and 7 in room.speakers, "the next member's frame was routed"
+        assert [r.levelname for r in caplog.records if "could not be routed" in r.getMessage()] == ["ERROR"]
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        await room.close()

@@ -121,13 +121,10 @@ class SqliteStore(Store):
                 await conn.execute("PRAGMA journal_mode = WAL")
             await conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a crash loses at most the last commits
             await _migrate(conn)
-        except StoreError:
-            await conn.close()
-            raise
         except sqlite3.DatabaseError as e:
             await conn.close()
             raise StoreError(f"{where}: not a usable Parley database ({e})") from None
-        except BaseException:
+        except BaseException:  # a StoreError from a migration, or a cancel: the connection is not left open
             await conn.close()
             raise
         return cls(where, conn)

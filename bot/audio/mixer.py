@@ -188,10 +188,8 @@ class Mixer:
 
     def _stale_end(self, voice: _Voice, limit_offset: int) -> int:
         """Under the queue lock: the offset up to which queued audio arrived more than `max_backlog_s` of play
-        ago (never past `limit_offset`, where the newest push starts); forgets arrivals already played."""
-        arrivals, taken = voice.arrivals, voice.taken
-        while len(arrivals) > 1 and arrivals[1][0] <= taken:
-            arrivals.popleft()
+        ago (never past `limit_offset`, where the newest push starts)."""
+        arrivals, taken = voice.arrivals, voice.taken  # played ones were forgotten as they were taken (`_slice`)
         oldest_fresh = self._frames - self._max_backlog_frames
         end = taken
         for i, (_, at) in enumerate(arrivals):
@@ -309,6 +307,9 @@ class Mixer:
         chunk = bytes(buf[:take])
         del buf[:take]
         voice.taken += take
+        arrivals = voice.arrivals
+        while len(arrivals) > 1 and arrivals[1][0] <= voice.taken:  # played: only the backlog's arrivals are kept
+            arrivals.popleft()
         marks = voice.marks
         if marks and marks[0][0] < voice.taken:
             now = latency.now()

@@ -323,6 +323,16 @@ def test_a_continuous_minute_whose_translation_runs_30_percent_longer_loses_noth
     assert stats.underruns == 0
 
 
+def test_a_speaker_within_the_bound_keeps_only_the_backlogs_arrivals() -> None:
+    mixer = Mixer()
+    delta = tone(180, 0.1)  # a delta every 100 ms, played as fast as it comes: never near the bound
+    for _ in range(600):  # a minute
+        mixer.push(7, delta)
+        read(mixer, 5)
+    assert mixer.stats().samples_dropped == 0
+    assert len(mixer._voices[7].arrivals) <= 3, "every delta's arrival was kept for the whole session"
+
+
 def test_without_catch_up_the_same_minute_drops_audio() -> None:
     """The witness that the test above can fail: at 1× the 3 s bound overflows and the oldest audio goes."""
     mixer = Mixer(max_tempo=1.0)

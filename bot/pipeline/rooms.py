@@ -203,7 +203,8 @@ class RoomManager:
                 frames, disconnect = link.frames, link.disconnect
                 mixer = self._mixer()
                 back: VoiceLink | None = None
-                try:
+                reverse: tuple[Room, Mixer, VoiceLink] | None = None
+                try:  # every step that can fail, undone as a whole; the room's tasks start only after them
                     if self._playback is not None and output_channel_id is not None:
                         if two_way:  # the speaker account also receives there, never capturing opted-out members
                             await self._playback.play(guild_id, output_channel_id, mixer,
@@ -211,30 +212,32 @@ class RoomManager:
                             back = self._output_link(guild_id) if self._output_link is not None else None
                             if back is None or link.play is None:
                                 raise PlaybackError("I couldn't set up the way back of a two-way room.")
+                            # Two-way: the output channel's members are interpreted too, and the listener plays
+                            # their translations in the source channel. Same opt-outs, caps, captions, transcript.
+                            back_mixer = self._mixer()
+                            link.play(back_mixer)
+                            reverse = (self._room(guild_id, output_channel_id, source_channel_id,
+                                                  caption_channel_id, back_mixer, opted_out, back), back_mixer, back)
                         else:
                             await self._playback.play(guild_id, output_channel_id, mixer)
                     if self._captions is not None and caption_channel_id is not None:
                         await self._captions.open(guild_id, caption_channel_id)
+                    played = self._playback is not None and output_channel_id is not None
+                    room = self._room(guild_id, source_channel_id, output_channel_id, caption_channel_id,
+                                      mixer if played else None, opted_out, link)  # no one plays it: not kept
+                    transcript = self._new_transcript(guild_id, source_channel_id)
                 except PlaybackError as e:
-                    await self._undo_join(guild_id, disconnect, two_way)
+                    await self._undo_join(guild_id, disconnect, output_channel_id is not None)
                     raise PipelineError(str(e)) from None
                 except Exception:
-                    await self._undo_join(guild_id, disconnect, two_way)
+                    await self._undo_join(guild_id, disconnect, output_channel_id is not None)
                     raise
-                played = self._playback is not None and output_channel_id is not None
-                room = self._room(guild_id, source_channel_id, output_channel_id, caption_channel_id,
-                                  mixer if played else None, opted_out, link)  # no one plays it: audio not kept
                 pump = asyncio.create_task(room.pump(frames), name=f"room-{guild_id}")
-                running = _Running(room, mixer, pump, link, self._new_transcript(guild_id, source_channel_id))
-                if back is not None and link.play is not None and output_channel_id is not None:
-                    # Two-way: the output channel's members are interpreted too, and the listener plays their
-                    # translations in the source channel. Same opt-outs, caps, captions and transcript.
-                    back_mixer = self._mixer()
-                    link.play(back_mixer)
-                    reverse = self._room(guild_id, output_channel_id, source_channel_id, caption_channel_id,
-                                         back_mixer, opted_out, back)
-                    running.reverse = _Way(reverse, back_mixer, back,
-                                           asyncio.create_task(reverse.pump(back.frames), name=f"room-{guild_id}-back"))
+                running = _Running(room, mixer, pump, link, transcript)
+                if reverse is not None:
+                    back_room, back_mixer, back = reverse
+                    running.reverse = _Way(back_room, back_mixer, back, asyncio.create_task(
+                        back_room.pump(back.frames), name=f"room-{guild_id}-back"))
                 running.watch = asyncio.create_task(self._watch_voice(guild_id, running),
                                                     name=f"voice-watch-{guild_id}")
                 self._rooms[guild_id] = running
@@ -273,9 +276,9 @@ class RoomManager:
             ignore=link.is_bot,  # music bots, and Parley's own accounts (no echo loops), are not interpreted
         )
 
-    async def _undo_join(self, guild_id: int, disconnect: Callable[[], Awaitable[None]], two_way: bool) -> None:
+    async def _undo_join(self, guild_id: int, disconnect: Callable[[], Awaitable[None]], played: bool) -> None:
         """A join that failed half-way leaves nothing behind (both accounts out of voice)."""
-        if two_way and self._playback is not None:
+        if played and self._playback is not None:
             await _logged(guild_id, "stopping playback", self._playback.stop(guild_id))
         await disconnect()
 

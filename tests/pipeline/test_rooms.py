@@ -7,6 +7,7 @@ Only the Discord voice connection is a seam (no Discord here): a queue of VoiceF
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -565,6 +566,39 @@ async def test_two_way_needs_an_output_channel_and_the_speaker_account(store: St
         with pytest.raises(PipelineError, match="two-way room needs an output channel"):
             await rooms.join(1, 100, None, 300, two_way=True)
         assert rooms.status(1) is None
+
+
+@pytest.mark.parametrize("fails", ["listener_play", "captions"])
+async def test_a_join_that_fails_late_leaves_no_room_no_task_and_both_accounts_out(store: Store, fails: str) -> None:
+    async with Peer() as peer:
+        rooms, voice, playback, captions = manager(peer, store)
+        real_join = voice.__call__
+
+        async def join(*args, **kwargs) -> VoiceLink:
+            link = await real_join(*args, **kwargs)
+            if fails == "listener_play":
+                def play(mixer) -> None:
+                    raise discord.ClientException("Not connected to voice.")
+                link = dataclasses.replace(link, play=play)
+            return link
+
+        async def refuse(guild_id: int, channel_id: int) -> None:
+            raise PipelineError("I can't see the caption channel.")
+
+        if fails == "captions":
+            captions.open = refuse  # type: ignore[method-assign]
+        rooms._join_voice = join  # type: ignore[assignment]
+        tasks = asyncio.all_tasks()
+        with pytest.raises((PipelineError, discord.ClientException)):
+            await rooms.join(1, 100, 200, 300, two_way=fails == "listener_play")
+        assert rooms.status(1) is None and voice.disconnected == [1]
+        assert 1 not in playback.mixers, "the speaker account was left playing in the output channel"
+        voice.queues[1].put_nowait(VoiceFrame(42, bytes(FRAME)))
+        await asyncio.sleep(0.1)
+        left = [t.get_name() for t in asyncio.all_tasks() - tasks if t.get_name().startswith(("room-", "speaker-"))]
+        assert left == [], "a task of the failed room still runs"
+        assert peer.connections == [] and rooms.open_sessions == 0
+        await rooms.close()
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ class Post:
 class Edit:
     line: int
     content: str
+    key: int = field(default=0, compare=False)  # the speaker (a labelled message keeps their name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +206,7 @@ class CaptionBoard:
         if line.sent is None:
             action: CaptionAction = Post(line.id, content, line.key)
         elif force or now - line.sent_at >= self.min_edit_interval_s:
-            action = Edit(line.id, content)
+            action = Edit(line.id, content, line.key)
         else:
             return []  # dirty: a later tick sends it
         line.sent, line.sent_at = content, now
@@ -315,26 +316,30 @@ class CaptionPoster:
         message = self._messages.get(action.line)
         try:
             if message is not None:
+                content = action.content if isinstance(message, discord.WebhookMessage) else self._text(action)
                 try:
-                    await message.edit(content=action.content, allowed_mentions=none)
+                    await message.edit(content=content, allowed_mentions=none)
                     return
                 except discord.NotFound:
                     pass  # deleted by someone: post it again
-            if self.webhook is not None and isinstance(action, Post):
+            if self.webhook is not None:
                 self._messages[action.line] = await self._as_speaker(action, none)
                 return
-            content = action.content
-            if not self.board.named:  # a webhook failed earlier: the name goes into the text after all
-                key = action.key if isinstance(action, Post) else 0
-                content = f"**{_clean(self.board.name(key))}** {content}"[:MAX_CHARS]
-            self._messages[action.line] = await self.channel.send(content, allowed_mentions=none)
+            self._messages[action.line] = await self.channel.send(self._text(action), allowed_mentions=none)
         except discord.HTTPException as exc:  # captions never stop the pipeline; the next edit retries
             log.warning("captions: %s failed: %s", type(action).__name__.lower(), exc)
         except Exception:
             log.exception("captions: %s failed", type(action).__name__.lower())
 
 
-    async def _as_speaker(self, post: Post, none: discord.AllowedMentions) -> discord.Message:
+    def _text(self, action: Post | Edit) -> str:
+        """A plain message's text: the board's, with the speaker's name in front when the board leaves it out
+        (a webhook was meant to carry it, and refused or is gone)."""
+        if self.board.named:
+            return action.content
+        return f"**{_clean(self.board.name(action.key))}** {action.content}"[:MAX_CHARS]
+
+    async def _as_speaker(self, post: Post | Edit, none: discord.AllowedMentions) -> discord.Message:
         """Post through the webhook under the speaker's name and avatar; a refusal falls back to a labelled
         message (and a webhook that is gone, for good)."""
         assert self.webhook is not None
@@ -348,7 +353,7 @@ class CaptionPoster:
             self.webhook = None
         except discord.HTTPException as exc:  # e.g. a name Discord refuses for a webhook ("discord" in it)
             log.info("captions: the webhook refused a caption (%s); posted as a labelled message", exc)
-        return await self.channel.send(f"**{_clean(name)}** {post.content}"[:MAX_CHARS], allowed_mentions=none)
+        return await self.channel.send(self._text(post), allowed_mentions=none)
 
 
 class CaptionRouter:

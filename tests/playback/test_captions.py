@@ -361,3 +361,26 @@ def test_under_the_speakers_own_name_the_text_leaves_the_name_out() -> None:
     (post,) = board.add(1, SourceText("Hello", None), 0.0)
     assert post == Post(1, "(→ es) Hello") and post.key == 1 and board.name(1) == "Alice"
     assert board.name(2) == "Speaker 2"
+
+
+async def test_a_refused_webhook_falls_back_to_labelled_messages_whose_edits_keep_the_name() -> None:
+    class RefusingWebhook:
+        async def send(self, *args: object, **kwargs: object) -> None:
+            raise http_error(400)  # e.g. a name Discord refuses for a webhook
+
+    channel, clock = FakeChannel(), Clock()
+    b = CaptionBoard(named=False)
+    b.set_speaker(1, "Alice", "es")
+    poster = CaptionPoster(channel, b, webhook=RefusingWebhook(), clock=clock, tick_s=0.01)  # type: ignore[arg-type]
+    poster.start()
+    poster.feed(1, src("Hello"))
+    await settle()
+    clock.now = 1.0
+    poster.feed(1, tgt("Hola", final=True))
+    poster.feed(1, src("", final=True))
+    await settle()
+    await poster.close()
+    assert [(kind, content) for kind, content, _ in channel.calls] == [
+        ("send", "**Alice** (→ es) Hello"),
+        ("edit", f"**Alice** (→ es) Hello {ARROW} Hola"),  # the name stays when the message grows
+    ]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from bot.config import CapsConfig
 from bot.pipeline.service import CapReached
 from bot.realtime.session import TranslationSession
-from bot.store import Store
+from bot.store import Store, today
 
 log = logging.getLogger("parley.pipeline")
 
@@ -91,7 +91,7 @@ class Caps:
         store: Store,
         price_per_minute: float,
         owner: str | None = None,
-        today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
+        today: Callable[[], dt.date] = today,
     ) -> None:
         self.caps = caps
         self.store = store
@@ -130,8 +130,11 @@ class Caps:
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=5)
         if self._unsaved:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError):  # what is left unsaved is said just below
                 await asyncio.wait_for(self._save(), timeout=5)
+            if self._unsaved:  # reclaimed from their last checkpoint by the next start (or another process)
+                log.error("caps: %d session(s)' spend could not be recorded at shutdown ($%.4f)", len(self._unsaved),
+                          sum(u.usd for u in self._unsaved.values()))
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -309,8 +312,7 @@ class Caps:
     async def _close(self, lease: Lease) -> None:
         extending = self._guild(lease.guild_id).extending
         if extending is not None:  # its reservation lands on the row before the row is closed
-            with contextlib.suppress(Exception):  # nothing to add: `_extend` reports its own store failures
-                await asyncio.shield(extending)
+            await asyncio.wait({extending})  # not shield: its own outcome stays its own (store errors it reports)
         await self._save()
 
     async def _save(self) -> None:

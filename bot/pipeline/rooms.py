@@ -36,7 +36,7 @@ from bot.pipeline.service import (
 from bot.pipeline.transcript import Transcript
 from bot.realtime.outputs import SessionOutput, SourceText, TargetText, TranslatedAudio
 from bot.realtime.session import SessionFatal, SessionUnavailable, TranslationSession
-from bot.store import Store
+from bot.store import Store, today
 
 log = logging.getLogger("parley.pipeline")
 
@@ -49,9 +49,7 @@ async def _logged(guild_id: int, what: str, step: Awaitable[None]) -> None:
         log.warning("room %s: %s failed: %r", guild_id, what, e)
 
 
-def _today() -> dt.date:
-    """The ledger's day, in UTC like the Store's."""
-    return dt.datetime.now(dt.UTC).date()
+_today = today  # the ledger's day (UTC, the Store's); a module name tests can move to tomorrow
 
 
 @dataclass

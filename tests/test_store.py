@@ -167,13 +167,35 @@ async def test_migrates_a_v1_file_keeping_its_rows(tmp_path: Path) -> None:
 async def test_a_failed_migration_step_is_rolled_back(tmp_path: Path) -> None:
     path = tmp_path / "v1-broken.sqlite3"
     raw = sqlite3.connect(path)
-    # v1 by its number, but a stray `spend` table makes step 1 → 2 fail half way
-    raw.executescript("CREATE TABLE spend (x INTEGER); PRAGMA user_version = 1;")
+    # v1, but a stray index named like the one step 1 → 2 makes fails it half way: after its `spend` table
+    raw.executescript("CREATE TABLE members (guild_id INTEGER, opted_out INTEGER);"
+                      "CREATE TABLE stray (x INTEGER); CREATE INDEX members_opted_out ON stray (x);"
+                      "PRAGMA user_version = 1;")
     raw.close()
     with pytest.raises(StoreError, match=re.escape("v1-broken.sqlite3")):
         await Store.open(path)
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "spend" not in tables, "the half-done step was kept"
+
+
+async def test_a_failed_migration_step_is_undone_on_the_open_connection(tmp_path: Path) -> None:
+    import aiosqlite
+
+    from bot.store.sqlite import _migrate
+
+    path = tmp_path / "v1-broken.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.executescript("CREATE TABLE members (guild_id INTEGER, opted_out INTEGER);"
+                          "CREATE TABLE stray (x INTEGER); CREATE INDEX members_opted_out ON stray (x);"
+                          "PRAGMA user_version = 1;")
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        with pytest.raises(sqlite3.OperationalError, match="already exists"):
+            await _migrate(conn)
+        assert not conn.in_transaction
+        rows = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE name = 'spend'")
+        assert list(rows) == [], "the step's first statement outlived its failure"
 
 
 async def test_corrupt_file_is_a_store_error_naming_the_path(tmp_path: Path) -> None:

@@ -346,9 +346,13 @@ class SqliteStore(Store):
             try:
                 result = await body(c)
             except BaseException:
-                await asyncio.shield(c.execute("ROLLBACK"))
+                await _rollback(c)
                 raise
-            await asyncio.shield(c.execute("COMMIT"))
+            try:
+                await asyncio.shield(c.execute("COMMIT"))
+            except sqlite3.Error:  # e.g. disk full: the transaction may still be open, and would block the next
+                await _rollback(c)
+                raise
             return result
 
         return await self._guard(run)
@@ -410,7 +414,14 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
                 if statement.strip():
                     await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {step + 1}")
+            await conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            await _rollback(conn)
             raise
-        await conn.execute("COMMIT")
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    """Undo an open transaction. SQLite may have rolled it back itself (disk full, I/O error): a second
+    ROLLBACK would then fail and its error would replace the one that matters."""
+    if conn.in_transaction:
+        await asyncio.shield(conn.execute("ROLLBACK"))

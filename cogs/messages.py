@@ -39,6 +39,7 @@ UNEXPECTED = "Something went wrong on my side; it has been logged. Please try ag
 GUILD_ONLY = "These commands work in a server, not in direct messages."
 NO_TRANSCRIPT = "There is no transcript here: none is running, and closed rooms' transcripts are deleted soon after."
 TRANSCRIPT_DENIED = "You can't see {channel}, where it was said, so you can't have its transcript."
+TRANSCRIPT_CHANNEL_GONE = "The channel it was said in is gone; only members with Manage Server can have its transcript."
 TRANSCRIPT_DELETE_DENIED = "Only members with Manage Server can delete the transcript."
 
 # -- confirmations ----------------------------------------------------------------------------------

@@ -322,6 +322,8 @@ class TranslateCog(commands.Cog):
         if found is None:
             return await self._reply(interaction, say.NO_TRANSCRIPT)
         channel = guild.get_channel(found.channel_id)
+        if channel is None and not interaction.permissions.manage_guild:  # gone: who could see it is unknown
+            return await self._reply(interaction, say.TRANSCRIPT_CHANNEL_GONE)
         if channel is not None and not channel.permissions_for(interaction.user).view_channel:
             return await self._reply(interaction, say.TRANSCRIPT_DENIED.format(channel=channel.mention))
         attachment = discord.File(io.BytesIO(found.text.encode("utf-8")), filename=found.filename)

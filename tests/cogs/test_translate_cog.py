@@ -625,6 +625,12 @@ async def test_transcript_is_an_ephemeral_file_for_members_who_can_see_the_chann
     hidden = FakeInteraction(FakeGuild(FakeChannel(1, hidden_from={ME})))
     await run(bot, "transcript", hidden)
     assert "can't see <#1>" in hidden.reply and not hidden.response.files
+    gone = FakeInteraction(FakeGuild(FakeChannel(9)))  # the channel was deleted: not handed to anyone
+    await run(bot, "transcript", gone)
+    assert gone.reply == say.TRANSCRIPT_CHANNEL_GONE and not gone.response.files
+    admin = FakeInteraction(FakeGuild(FakeChannel(9)), manage_guild=True)
+    await run(bot, "transcript", admin)
+    assert admin.response.files
 
 
 async def test_only_admins_delete_the_transcript(bot: commands.Bot, rooms: FakeRooms) -> None:

@@ -197,6 +197,7 @@ class Speaker:
         finally:
             self.session = None
             self.speaking = False
+            self._speech_ended_at = None  # no audio came for it in this session: the next one measures afresh
             self.seconds_closed += session.cost.audio_ms / 1000
             self.usd_closed += session.cost.dollars
             forward.cancel()

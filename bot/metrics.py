@@ -40,6 +40,7 @@ class Snapshot:
     datagrams_overflow: int
     frames_dropped: int
     player_restarts: int
+    rooms_counters: dict[str, int]
 
 
 def snapshot(app: _App) -> Snapshot:
@@ -64,7 +65,9 @@ def snapshot(app: _App) -> Snapshot:
         overflow += int(counters.get("overflow", 0))
         dropped += int(counters.get("frames_dropped", 0))
     restarts = int(getattr(app.speaker, "restarts", 0)) if app.speaker is not None else 0
-    return Snapshot(rooms, speakers, sessions, usd, dict(outcomes), overflow, dropped, restarts)
+    counters = getattr(app.rooms, "counters", None)
+    return Snapshot(rooms, speakers, sessions, usd, dict(outcomes), overflow, dropped, restarts,
+                    counters() if counters is not None else {})
 
 
 class AppCollector(Collector):
@@ -87,6 +90,17 @@ class AppCollector(Collector):
                                   value=s.datagrams_overflow)
         yield CounterMetricFamily("parley_voice_frames_dropped", "Decoded frames dropped: the rooms were behind",
                                   value=s.frames_dropped)
+        counted = dict(s.rooms_counters)
+        yield CounterMetricFamily("parley_speaker_failures", "Speakers whose task failed (replaced after a backoff)",
+                                  value=counted.pop("speaker_failures", 0))
+        frames = CounterMetricFamily("parley_room_frames_untranslated",
+                                     "Frames the rooms did not send upstream, by why: withheld (opted out), ignored "
+                                     "(bots), refused (caps, budget, a refused language, a failed speaker or "
+                                     "session), same_language (no translation needed), dropped (a full queue), "
+                                     "failed (an error routing them)", labels=["reason"])
+        for reason in ("withheld", "ignored", "refused", "same_language", "dropped", "failed"):
+            frames.add_metric([reason], counted.get(reason, 0))
+        yield frames
         yield CounterMetricFamily("parley_player_restarts", "Speaker-account players restarted after dying",
                                   value=s.player_restarts)
         yield from worker_metrics(getattr(getattr(self.app.rooms, "endpoint", None), "pool", None))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ class Room:
         self._totals: dict[int, _Totals] = {}  # sessions of speakers that were replaced or removed
         self._closing = False
         self._frames_dropped = 0  # of speakers no longer in the room
+        self._retired: Counter[str] = Counter()  # other frame counts of speakers no longer in the room
 
     # --- frames in ------------------------------------------------------------------------------
 
@@ -164,6 +166,7 @@ class Room:
             t.seconds += speaker.seconds_closed
             t.usd += speaker.usd_closed
             self._frames_dropped += speaker.frames_dropped
+            self._retired.update(refused=speaker.frames_refused, same_language=speaker.frames_same_language)
         return speaker
 
     # --- what the room manager calls ------------------------------------------------------------
@@ -232,6 +235,16 @@ class Room:
     def live_usd(self) -> float:
         """What the sessions still open have cost so far (not yet in the ledger)."""
         return sum(sp.session.cost.dollars for sp in self.speakers.values() if sp.session is not None)
+
+    def counters(self) -> dict[str, int]:
+        """What happened to frames that were not translated, and speakers that failed (for /metrics)."""
+        speakers = list(self.speakers.values())
+        return {
+            "withheld": self.frames_withheld, "ignored": self.frames_ignored, "failed": self.frames_failed,
+            "refused": self.frames_refused + self._retired["refused"] + sum(sp.frames_refused for sp in speakers),
+            "same_language": self._retired["same_language"] + sum(sp.frames_same_language for sp in speakers),
+            "dropped": self.frames_dropped, "speaker_failures": self.speaker_failures,
+        }
 
     @property
     def frames_dropped(self) -> int:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -169,6 +170,7 @@ class RoomManager:
         self._heard: frozenset[str] | None = None  # spoken languages a listing backend recognises (last listing)
         self._joining: dict[int, set[int]] = {}  # guild → the opted-out set of the room being joined
         self._budget_noticed: dict[int, dt.date] = {}  # guild → the day its caption channel was told
+        self._closed_counters: Counter[str] = Counter()  # rooms that closed: /metrics counts never go back
 
     # --- RoomService ----------------------------------------------------------------------------
 
@@ -314,6 +316,8 @@ class RoomManager:
             if not running.link.ended.is_set():
                 await _logged(guild_id, "leaving voice", running.link.disconnect())
             self._keep_transcript(guild_id, running.transcript)
+            for room in self._rooms_of(running):
+                self._closed_counters.update(room.counters())
 
     async def _watch_voice(self, guild_id: int, running: _Running) -> None:
         """The listener's voice connection ended under a running room (kicked, channel deleted): close it.
@@ -365,6 +369,14 @@ class RoomManager:
             audio_dropped_s=sum(m.samples_dropped for m in mixes) / MIXER_RATE,
             workers=self.workers(),
         )
+
+    def counters(self) -> dict[str, int]:
+        """Since start-up, every room's `Room.counters` (closed rooms' included), for /metrics."""
+        total = Counter(self._closed_counters)
+        for running in list(self._rooms.values()):
+            for room in self._rooms_of(running):
+                total.update(room.counters())
+        return dict(total)
 
     def workers(self) -> list[tuple[str, bool, int]]:
         """The bot.localrt workers of a pool backend as last seen: (host:port, healthy, open sessions)."""

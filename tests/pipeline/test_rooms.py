@@ -568,6 +568,23 @@ async def test_two_way_needs_an_output_channel_and_the_speaker_account(store: St
         assert rooms.status(1) is None
 
 
+async def test_untranslated_frames_are_counted_for_metrics_and_outlive_the_room(store: Store) -> None:
+    await store.set_opt_out(1, 56, True)
+    async with Peer() as peer:
+        rooms, voice, _, _ = manager(peer, store)
+        await rooms.join(1, 100, 200, 300)
+        for _ in range(7):
+            voice.queues[1].put_nowait(VoiceFrame(56, bytes(FRAME)))  # opted out: withheld
+        for _ in range(3):
+            voice.queues[1].put_nowait(VoiceFrame(666, bytes(FRAME)))  # a bot: ignored
+        await asyncio.sleep(0.1)
+        assert rooms.counters() | {"dropped": 0} == {"withheld": 7, "ignored": 3, "refused": 0, "failed": 0,
+                                                      "same_language": 0, "dropped": 0, "speaker_failures": 0}
+        await rooms.leave(1)
+        assert rooms.counters()["withheld"] == 7 and rooms.counters()["ignored"] == 3, "counts went back at leave"
+        await rooms.close()
+
+
 @pytest.mark.parametrize("fails", ["listener_play", "captions"])
 async def test_a_join_that_fails_late_leaves_no_room_no_task_and_both_accounts_out(store: Store, fails: str) -> None:
     async with Peer() as peer:

@@ -73,6 +73,8 @@ async def test_metrics_count_rooms_sessions_and_packets(env: Stack) -> None:
     assert values["parley_rooms"] >= 1, text
     assert values['parley_voice_packets_total{outcome="decoded"}'] > 50, text
     assert "Alice" not in text and "user" not in text  # no per-member labels
+    assert values['parley_room_frames_untranslated_total{reason="withheld"}'] >= 0, text  # the rooms' counters
+    assert values["parley_speaker_failures_total"] == 0, text
     # the delays members feel: Alice's speech went upstream, came back translated and was played
     for span in ("packet_to_websocket", "delta_to_frame", "speech_end_to_audio"):
         assert values[f"parley_{span}_seconds_count"] >= 1, text

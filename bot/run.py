@@ -89,11 +89,6 @@ def shard_options(config: DiscordConfig) -> dict[str, object]:
     return options
 
 
-def shard_of(guild_id: int, shard_count: int) -> int:
-    """Discord's rule: which shard (so which process) a guild's events go to."""
-    return (guild_id >> 22) % shard_count
-
-
 class _SyncsCommands:
     async def setup_hook(self) -> None:
         shard_ids = getattr(self, "shard_ids", None)

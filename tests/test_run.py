@@ -69,7 +69,7 @@ async def test_shards_split_guilds_between_processes_for_both_accounts(tmp_path:
     import discord
     from discord.ext import commands
 
-    from bot.run import shard_of
+    from bot.sandbox.gateway import shard_of  # the local Discord's rule, checked against discord.py's
 
     apps = []
     try:

@@ -252,11 +252,9 @@ class Interpreter:
         engines = self._engines
         if not engines.mt.can_translate(language, target):
             return [Failure("unsupported_language", f"no translation route {language}→{target}")]
-        same = language == target
         try:
-            # already in the target language: no MT; re-voiced or text only, per `same_language`
-            translated = source if same else engines.mt.translate(source, language, target)
-            speak = translated and not (same and self._same_language == "silent")
+            translated = engines.mt.translate(source, language, target)  # the same language passes through as is
+            speak = translated and not (language == target and self._same_language == "silent")  # or text only
             speech = engines.tts.synthesize(translated, target) if speak else None
         except EngineError as exc:
             log.warning("segment lost: %s", exc)

@@ -39,6 +39,11 @@ NOT_AUTHENTICATED = 4003
 DECODE_ERROR = 4002
 
 
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """Discord's rule: a guild's events go to shard (guild_id >> 22) % shard_count."""
+    return (guild_id >> 22) % shard_count
+
+
 @dataclass(eq=False)
 class GatewaySession:
     ws: web.WebSocketResponse
@@ -48,11 +53,11 @@ class GatewaySession:
     shard: tuple[int, int] | None = None  # (shard_id, shard_count) from identify; None: every guild
 
     def holds(self, guild_id: int | None) -> bool:
-        """Discord's rule: a guild's events go to shard (guild_id >> 22) % shard_count; DMs to shard 0."""
+        """Whether this connection's shard gets a guild's events (DMs go to shard 0)."""
         if self.shard is None:
             return True
         shard_id, count = self.shard
-        return (0 if guild_id is None else (guild_id >> 22) % count) == shard_id
+        return (0 if guild_id is None else shard_of(guild_id, count)) == shard_id
     session_id: str = field(default_factory=lambda: secrets.token_hex(16))
     seq: int = 0
     _compressor: Any = field(default_factory=zlib.compressobj)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from bot.sandbox import gateway
 from tests.sandbox.stack import Room, stack, until
 
 pytestmark = [pytest.mark.timeout(240)]
 
 
 def shard_of(room: Room) -> int:
-    return (room.guild.id >> 22) % 2
+    return gateway.shard_of(room.guild.id, 2)
 
 
 async def test_each_process_interprets_the_guilds_of_its_own_shard(tmp_path: Path) -> None:

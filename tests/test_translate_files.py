@@ -337,3 +337,6 @@ def test_from_is_checked_against_the_languages_document() -> None:
         translate.check_source_language("fr", "es", langs)
     with pytest.raises(translate.UsageError, match="no en→de route; from en it translates into ca, es"):
         translate.check_source_language("en", "de", langs)
+    heard_only = {**langs, "recognised_languages": ["en", "ja"]}  # whisper hears Japanese; no pair from it
+    with pytest.raises(translate.UsageError, match="hears ja but cannot translate from it; it translates from en"):
+        translate.check_source_language("ja", "es", heard_only)

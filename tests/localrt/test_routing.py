@@ -109,7 +109,10 @@ def joined() -> Path:
 def test_the_joined_model_has_the_pinned_size_and_is_reused(joined: Path):
     assert (joined / "model.bin").stat().st_size == BASE_MODEL_BYTES
     assert {p.name for p in joined.iterdir()} >= {"model.bin", "config.json", "tokenizer.json", "vocabulary.txt"}
-    assert whisper_base_path() == joined  # verified again, not rebuilt
+    before = (joined / "model.bin").stat()
+    assert whisper_base_path() == joined
+    after = (joined / "model.bin").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "verified again, not rebuilt"
 
 
 def test_a_joined_copy_serves_without_the_halves(joined: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

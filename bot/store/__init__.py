@@ -70,6 +70,17 @@ class Reclaimed:
     usd: float
 
 
+def reservation(reserve_usd: float, budget_usd: float | None, committed: float) -> float | None:
+    """What a lease may reserve now: up to `reserve_usd` of what the budget leaves; None when nothing is left.
+    Both drivers decide by it, inside their transaction."""
+    if budget_usd is None:
+        return max(0.0, reserve_usd)
+    left = budget_usd - committed
+    if left <= 1e-12:
+        return None
+    return min(max(0.0, reserve_usd), left)
+
+
 def today() -> date:
     return datetime.now(UTC).date()
 

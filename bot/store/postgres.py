@@ -25,11 +25,15 @@ from bot.store import (
     Store,
     StoreError,
     redact,
+    reservation,
     today,
     when,
 )
 
 T = TypeVar("T")
+
+# What a store call may fail of: PostgreSQL's answers, the driver, the network (all a StoreError to callers)
+_FAILURES = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 _MIGRATION_LOCK = 0x70617231  # pg_advisory_xact_lock key while migrating ("par1")
 _GUILD_LOCK_CLASS = 0x7061  # two-key advisory locks: (class, guild) for lease decisions
@@ -100,7 +104,7 @@ class PostgresStore(Store):
         where = redact(url)
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+        except _FAILURES as e:
             raise StoreError(f"{where}: cannot connect to PostgreSQL: {_reason(e)}") from None
         try:
             async with pool.acquire() as conn:
@@ -108,7 +112,7 @@ class PostgresStore(Store):
         except StoreError:
             await pool.close()
             raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _FAILURES as e:
             await pool.close()
             raise StoreError(f"{where}: not a usable Parley database ({_reason(e)})") from None
         except BaseException:
@@ -207,7 +211,7 @@ class PostgresStore(Store):
                 if n >= max_sessions:
                     return Grant(0.0, (await _totals(c, guild_id, d))[0], "sessions")
             spent, committed = await _totals(c, guild_id, d)
-            reserve = _reservation(reserve_usd, budget_usd, committed)
+            reserve = reservation(reserve_usd, budget_usd, committed)
             if reserve is None:
                 return Grant(0.0, spent, "budget")
             now = time.time()
@@ -235,7 +239,7 @@ class PostgresStore(Store):
                 float(usd), d, time.time(), lease_id,
             )
             spent, committed = await _totals(c, guild_id, d)
-            reserve = _reservation(reserve_usd, budget_usd, committed)
+            reserve = reservation(reserve_usd, budget_usd, committed)
             if reserve is None:
                 return Grant(0.0, spent, "budget")
             await c.execute("UPDATE leases SET reserved = reserved + $1 WHERE lease_id = $2", reserve, lease_id)
@@ -296,7 +300,7 @@ class PostgresStore(Store):
         try:
             async with pool.acquire() as conn:
                 return await fn(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+        except _FAILURES as e:
             raise StoreError(f"{self.where}: {_reason(e)}") from None
 
     async def _transaction(self, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -316,15 +320,6 @@ _ADD_SPEND = (
 def _lock_key(guild_id: int) -> int:
     """A guild id folded into the int4 second key of a two-key advisory lock (a collision only serialises)."""
     return ((guild_id ^ (guild_id >> 32)) & 0xFFFFFFFF) - (1 << 31)
-
-
-def _reservation(reserve_usd: float, budget_usd: float | None, committed: float) -> float | None:
-    if budget_usd is None:
-        return max(0.0, reserve_usd)
-    left = budget_usd - committed
-    if left <= 1e-12:
-        return None
-    return min(max(0.0, reserve_usd), left)
 
 
 async def _totals(c: asyncpg.Connection, guild_id: int, day: date) -> tuple[float, float]:

@@ -24,6 +24,7 @@ from bot.store import (
     Reclaimed,
     Store,
     StoreError,
+    reservation,
     today,
     when,
 )
@@ -220,7 +221,7 @@ class SqliteStore(Store):
                 if n >= max_sessions:
                     return Grant(0.0, await _spent(c, guild_id, d), "sessions")
             spent, committed = await _totals(c, guild_id, d)
-            reserve = _reservation(reserve_usd, budget_usd, committed)
+            reserve = reservation(reserve_usd, budget_usd, committed)
             if reserve is None:
                 return Grant(0.0, spent, "budget")
             now = time.time()
@@ -248,7 +249,7 @@ class SqliteStore(Store):
                 (usd, d, time.time(), lease_id),
             )
             spent, committed = await _totals(c, guild_id, d)
-            reserve = _reservation(reserve_usd, budget_usd, committed)
+            reserve = reservation(reserve_usd, budget_usd, committed)
             if reserve is None:
                 return Grant(0.0, spent, "budget")
             await c.execute("UPDATE leases SET reserved = reserved + ? WHERE lease_id = ?", (reserve, lease_id))
@@ -362,16 +363,6 @@ _ADD_SPEND = (
     "INSERT INTO spend (guild_id, day, usd) VALUES (?, ?, ?) "
     "ON CONFLICT (guild_id, day) DO UPDATE SET usd = usd + excluded.usd"
 )
-
-
-def _reservation(reserve_usd: float, budget_usd: float | None, committed: float) -> float | None:
-    """What may be reserved now: up to `reserve_usd` of what the budget leaves; None when nothing is left."""
-    if budget_usd is None:
-        return max(0.0, reserve_usd)
-    left = budget_usd - committed
-    if left <= 1e-12:
-        return None
-    return min(max(0.0, reserve_usd), left)
 
 
 async def _scalar(c: aiosqlite.Connection, sql: str, params: tuple[object, ...] = ()) -> int:

@@ -346,7 +346,7 @@ class Mixer:
     def _duck_and_sum(chunks: list[tuple[_Voice, np.ndarray]]) -> np.ndarray:
         """Sum the speakers of this frame (scaled to ±1.0): the one playing longest at full level, the others
         ducked."""
-        floor = min(chunks, key=lambda c: c[0].since)[0] if len(chunks) > 1 else chunks[0][0]
+        floor = min(chunks, key=lambda c: c[0].since)[0]
         acc = np.zeros(IN_FRAME_SAMPLES, dtype=np.float32)
         for voice, frame in chunks:
             n = frame.size

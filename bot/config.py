@@ -26,6 +26,7 @@ from bot.realtime.options import (  # the realtime layer's own sections, compose
     ReconnectConfig,
     SessionConfig,
 )
+from bot.store import StoreError, sqlite_path
 from bot.voice.config import VoiceConfig
 
 OPENAI_WS_BASE = "wss://api.openai.com/v1"
@@ -146,8 +147,10 @@ class StoreConfig(_Section):
             return v
         parts = urlsplit(v)
         if parts.scheme == "sqlite":
-            if not v.startswith("sqlite:///"):
-                raise ValueError(f"a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path, got {v!r}")
+            try:
+                sqlite_path(v)  # the store's own reading of it, so the two never disagree
+            except StoreError as e:
+                raise ValueError(str(e)) from None
             return v
         if parts.scheme in ("postgresql", "postgres") and parts.hostname:
             return v

@@ -14,9 +14,9 @@ from bot.localrt.engines.asr import ASR_RATE, Transcript
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.server import LocalRTServer
 from tests.localrt.conftest import API_KEY
+from tests.localrt.sdk import sdk_session, text_of
 from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, speech, utterance
 from tests.localrt.test_errors import AUTH, endpoint, recv
-from tests.localrt.test_openai_client import run_sdk_session, text_of
 
 LONG = "We are going to the beach tomorrow and my brother lives in a big house."
 
@@ -25,7 +25,7 @@ async def test_parallel_sessions_each_get_their_own_language(server):
     audio = utterance(SENTENCES[0])
     results = await asyncio.gather(
         *(
-            run_sdk_session(server.url, audio, ENGINE_FRAME_BYTES, {"audio": {"output": {"language": lang}}})
+            sdk_session(server.url, audio, {"audio": {"output": {"language": lang}}})
             for lang in ("es", "ca", "en", "es")
         )
     )
@@ -62,12 +62,12 @@ async def test_a_stuck_session_does_not_stall_others(engines):
     config = engines.config.model_copy(update={"port": 0})
     async with LocalRTServer(config, slow_engines, api_key=API_KEY) as server:
         assert len(speech(LONG)) > 4 * 48_000  # one long segment: the gated kind
-        slow = asyncio.create_task(run_sdk_session(server.url, utterance(LONG), ENGINE_FRAME_BYTES, None))
+        slow = asyncio.create_task(sdk_session(server.url, utterance(LONG)))
         await asyncio.to_thread(gated.blocked.wait, 30)
         assert gated.blocked.is_set() and not slow.done()
         # while one engine thread is stuck, another session runs start to finish
         fast = await asyncio.wait_for(
-            run_sdk_session(server.url, utterance(SENTENCES[0]), ENGINE_FRAME_BYTES, None), timeout=30
+            sdk_session(server.url, utterance(SENTENCES[0])), timeout=30
         )
         assert "tren" in text_of(fast, "session.output_transcript.delta")
         assert not slow.done()
@@ -100,7 +100,7 @@ async def test_a_fast_client_is_slowed_down_not_dropped(engines):
     config = engines.config.model_copy(update={"port": 0, "max_backlog_s": 3.0})  # 15 frames
     async with LocalRTServer(config, slow_engines, api_key=API_KEY) as server:
         audio = utterance(LONG) + utterance(SENTENCES[0]) + utterance(SENTENCES[2])
-        task = asyncio.create_task(run_sdk_session(server.url, audio, ENGINE_FRAME_BYTES, None))
+        task = asyncio.create_task(sdk_session(server.url, audio))
         await asyncio.to_thread(gated.blocked.wait, 30)
         await asyncio.sleep(0.5)  # let the client push as much as the server will read
         (session,) = server.sessions

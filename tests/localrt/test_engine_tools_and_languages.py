@@ -9,8 +9,6 @@ import time
 
 import aiohttp
 import pytest
-from openai.types.realtime import RealtimeTranslationServerEvent
-from pydantic import TypeAdapter
 from websockets.asyncio.client import connect
 
 import bot.localrt.engines.tool as tool
@@ -23,9 +21,9 @@ from bot.localrt.engines.tts import EspeakSynthesizer
 from bot.localrt.languages import format_table
 from bot.localrt.server import LANGUAGES_PATH, LocalRTServer, languages_document
 from tests.localrt.conftest import API_KEY
+from tests.localrt.sdk import SERVER_EVENT
 from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, require_tools, utterance
 
-SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 

@@ -6,15 +6,13 @@ import base64
 import json
 
 import pytest
-from openai.types.realtime import RealtimeTranslationServerEvent
-from pydantic import TypeAdapter
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.localrt.conftest import API_KEY
+from tests.localrt.sdk import SERVER_EVENT
 from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, utterance
 
-SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 

@@ -10,7 +10,6 @@ translation tests speak Spanish or English. Whisper base is loaded once per test
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 import shutil
@@ -20,17 +19,15 @@ import numpy as np
 import pytest
 import soxr
 from openai import AsyncOpenAI
-from openai.types.realtime import RealtimeTranslationServerEvent
-from pydantic import TypeAdapter
 
 from bot.localrt.config import MTConfig
 from bot.localrt.engines.bundle import Engines
 from bot.localrt.engines.mt import make_translator
 from bot.localrt.server import LocalRTServer
 from tests.localrt.conftest import API_KEY
-from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES_BY_LANGUAGE, silence, speech
+from tests.localrt.sdk import SERVER_EVENT, append_all, errors, sdk_session, text_of, update_for
+from tests.localrt.speech import SENTENCES_BY_LANGUAGE, silence, speech
 
-SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
 MODES = Path("/usr/share/apertium/modes")
 # Measured here with whisper base int8 on espeak-ng at 130 wpm, over five runs (benchmarks/bench_languages.py
 # prints them too): en 0.00, es 0.29–0.42, de 0.45, fr 0.74–0.91, pt 0.68–0.77, it 0.48–0.90. CTranslate2 does
@@ -65,36 +62,8 @@ def need_pairs(*modes: str) -> None:
         pytest.skip(f"apertium modes not installed: {', '.join(missing)} (make system-deps)")
 
 
-async def append_all(conn, audio: bytes) -> None:
-    for i in range(0, len(audio), ENGINE_FRAME_BYTES):
-        await conn.session.input_audio_buffer.append(audio=base64.b64encode(audio[i : i + ENGINE_FRAME_BYTES]).decode())
-
-
-async def sdk_session(url: str, audio: bytes, target: str, query: dict | None = None, then=None) -> list:
-    """One session through the official client; `then(conn)` runs after the audio, before the close."""
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"{url}/v1")
-    events = []
-    async with client.realtime.translations.connect(model="gpt-realtime-translate", extra_query=query or {}) as conn:
-        update = {"audio": {"output": {"language": target}, "input": {"transcription": {"model": "local"}}}}
-        await conn.session.update(session=update)
-        await append_all(conn, audio)
-        if then is not None:
-            await then(conn, events)
-        await conn.session.close()
-        while True:
-            event = SERVER_EVENT.validate_python(json.loads(await conn.recv_bytes()))
-            events.append(event)
-            if event.type == "session.closed":
-                break
-    return events
-
-
-def text_of(events, kind: str) -> str:
-    return "".join(e.delta for e in events if e.type == kind)
-
-
-def errors(events) -> list:
-    return [e.error for e in events if e.type == "error"]
+async def session_to(url: str, audio: bytes, target: str, query: dict | None = None, then=None) -> list:
+    return await sdk_session(url, audio, update_for(target), query=query, then=then)
 
 
 @pytest.fixture
@@ -136,7 +105,7 @@ def test_language_identification_among_five_candidates(base_engines: Engines):
 
 async def test_spanish_to_english_with_the_language_given(base_server):
     need_pairs("spa-eng")
-    events = await sdk_session(base_server.url, said("es", 3, 2), "en", {"input_language": "es"})
+    events = await session_to(base_server.url, said("es", 3, 2), "en", {"input_language": "es"})
     assert not errors(events)
     source = text_of(events, "session.input_transcript.delta").lower()
     assert "los niños juegan en el parque" in source
@@ -151,7 +120,7 @@ async def test_spanish_to_english_with_the_language_given(base_server):
 )
 async def test_spanish_into_romance_languages_directly(base_server, target, mode, expected):
     need_pairs(mode)
-    events = await sdk_session(base_server.url, said("es", 3), target, {"input_language": "es"})
+    events = await session_to(base_server.url, said("es", 3), target, {"input_language": "es"})
     assert not errors(events)
     out = text_of(events, "session.output_transcript.delta").lower()
     assert expected in out, out
@@ -161,7 +130,7 @@ async def test_spanish_into_romance_languages_directly(base_server, target, mode
 async def test_english_identified_then_translated_into_french_through_spanish(base_server):
     """No `input_language`: identified among the client's candidates; en→fr has no pair, en→es→fr does."""
     need_pairs("eng-spa", "es-fr")
-    events = await sdk_session(base_server.url, said("en", 3, 1), "fr", {"languages": "en,es,fr"})
+    events = await session_to(base_server.url, said("en", 3, 1), "fr", {"languages": "en,es,fr"})
     assert not errors(events)
     assert "children are playing in the park" in text_of(events, "session.input_transcript.delta").lower()
     out = text_of(events, "session.output_transcript.delta").lower()
@@ -169,7 +138,7 @@ async def test_english_identified_then_translated_into_french_through_spanish(ba
 
 
 async def test_same_language_is_revoiced_without_translation(base_server):
-    events = await sdk_session(base_server.url, said("es", 3), "es", {"input_language": "es"})
+    events = await session_to(base_server.url, said("es", 3), "es", {"input_language": "es"})
     assert not errors(events)
     source = text_of(events, "session.input_transcript.delta")
     assert text_of(events, "session.output_transcript.delta") == source  # the words as heard, no MT
@@ -180,14 +149,14 @@ async def test_same_language_silent_sends_text_only(base_engines: Engines):
     config = base_engines.config.model_copy(update={"port": 0, "same_language": "silent"})
     engines = Engines(config=config, asr=base_engines.asr, mt=base_engines.mt, tts=base_engines.tts)
     async with LocalRTServer(config, engines, api_key=API_KEY) as srv:
-        events = await sdk_session(srv.url, said("es", 3), "es", {"input_language": "es"})
+        events = await session_to(srv.url, said("es", 3), "es", {"input_language": "es"})
     assert "niños" in text_of(events, "session.output_transcript.delta")
     assert not [e for e in events if e.type == "session.output_audio.delta"]
 
 
 async def test_german_is_heard_but_has_no_route(base_server):
     """Impossible offline: Debian has no apertium pair with German. One error per segment, the session goes on."""
-    events = await sdk_session(base_server.url, said("de", 2), "es", {"input_language": "de"})
+    events = await session_to(base_server.url, said("de", 2), "es", {"input_language": "de"})
     assert "strand" in text_of(events, "session.input_transcript.delta").lower()
     assert [(e.code, e.message) for e in errors(events)] == [("unsupported_language", "no translation route de→es")]
     assert events[-1].type == "session.closed"
@@ -224,7 +193,7 @@ async def test_a_crashing_pair_loses_its_segment_not_the_session(engines: Engine
 
     async with LocalRTServer(config, crashing, api_key=API_KEY) as srv:
         assert "it" in srv.targets  # the broken pair is installed: the route exists
-        events = await sdk_session(srv.url, said("en", 0), "it", then=then_switch_to_catalan)
+        events = await session_to(srv.url, said("en", 0), "it", then=then_switch_to_catalan)
     failure = errors(events)[0]
     assert failure.code == "engine_failed" and "spa-ita failed" in failure.message
     assert "segmentation fault" in failure.message
@@ -251,7 +220,7 @@ async def test_unknown_codes_in_the_url_are_an_openai_shaped_error(server, query
 
 
 async def test_a_known_language_in_the_url_is_accepted(server):
-    events = await sdk_session(server.url, said("en", 0), "es", {"input_language": "en", "languages": "en"})
+    events = await session_to(server.url, said("en", 0), "es", {"input_language": "en", "languages": "en"})
     assert not errors(events) and "tren" in text_of(events, "session.output_transcript.delta")
 
 

@@ -3,47 +3,18 @@
 from __future__ import annotations
 
 import base64
-import json
 
 import numpy as np
 import pytest
-from openai import AsyncOpenAI
-from openai.types.realtime import RealtimeTranslationServerEvent
-from pydantic import TypeAdapter
 
-from tests.localrt.conftest import API_KEY
+from tests.localrt.sdk import sdk_session, text_of
 from tests.localrt.speech import ENGINE_FRAME_BYTES, SENTENCES, speech, utterance
-
-SERVER_EVENT = TypeAdapter(RealtimeTranslationServerEvent)
-
-
-async def run_sdk_session(url: str, audio: bytes, chunk: int, update: dict | None) -> list:
-    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=f"{url}/v1")
-    events = []
-    async with client.realtime.translations.connect(model="gpt-realtime-translate") as conn:
-        if update is not None:
-            await conn.session.update(session=update)
-        for i in range(0, len(audio), chunk):
-            await conn.session.input_audio_buffer.append(audio=base64.b64encode(audio[i : i + chunk]).decode())
-        await conn.session.close()
-        while True:
-            raw = await conn.recv_bytes()
-            # strict validation against the SDK's own models, not the SDK's lenient construct
-            event = SERVER_EVENT.validate_python(json.loads(raw))
-            events.append(event)
-            if event.type == "session.closed":
-                break
-    return events
-
-
-def text_of(events, kind: str) -> str:
-    return "".join(e.delta for e in events if e.type == kind)
 
 
 async def test_english_speech_becomes_spanish_speech_and_text(server):
     audio = utterance(SENTENCES[0], SENTENCES[1])
     update = {"audio": {"output": {"language": "es"}, "input": {"transcription": {"model": "whisper-1"}}}}
-    events = await run_sdk_session(server.url, audio, chunk=4096, update=update)
+    events = await sdk_session(server.url, audio, update, chunk=4096)
 
     created, updated = events[0], events[1]
     assert created.type == "session.created"
@@ -73,7 +44,7 @@ async def test_english_speech_becomes_spanish_speech_and_text(server):
 
 
 async def test_without_transcription_no_source_text_is_sent(server):
-    events = await run_sdk_session(server.url, utterance(SENTENCES[0]), chunk=ENGINE_FRAME_BYTES, update=None)
+    events = await sdk_session(server.url, utterance(SENTENCES[0]), None, chunk=ENGINE_FRAME_BYTES)
     kinds = [e.type for e in events]
     assert kinds[0] == "session.created" and kinds[-1] == "session.closed"
     assert "session.input_transcript.delta" not in kinds
@@ -85,5 +56,5 @@ async def test_without_transcription_no_source_text_is_sent(server):
 async def test_any_chunk_size_is_reframed(server, chunk):
     """Odd-sized (but whole-sample) chunks give the same transcript as 200 ms chunks."""
     update = {"audio": {"input": {"transcription": {"model": "x"}}}}
-    events = await run_sdk_session(server.url, utterance(SENTENCES[1]), chunk=chunk, update=update)
+    events = await sdk_session(server.url, utterance(SENTENCES[1]), update, chunk=chunk)
     assert "brother lives in a big house" in text_of(events, "session.input_transcript.delta").lower()

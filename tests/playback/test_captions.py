@@ -231,18 +231,24 @@ async def settle() -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_poster_sends_then_edits_one_message_without_mentions() -> None:
-    channel, clock = FakeChannel(), Clock()
-    poster = CaptionPoster(channel, board(), clock=clock, tick_s=0.01)
+async def hello_then_hola(poster: CaptionPoster, clock: Clock, *also: object) -> None:
+    """Member 1 says "Hello" (with `also` fed after it); a second later "Hola" ends the utterance; closed."""
     poster.start()
     poster.feed(1, src("Hello"))
-    poster.feed(1, TranslatedAudio(b"\0\0", 0))  # audio is not the captions' business
+    for out in also:
+        poster.feed(1, out)  # type: ignore[arg-type]
     await settle()
     clock.now = 1.0
     poster.feed(1, tgt("Hola", final=True))
     poster.feed(1, src("", final=True))
     await settle()
     await poster.close()
+
+
+async def test_poster_sends_then_edits_one_message_without_mentions() -> None:
+    channel, clock = FakeChannel(), Clock()
+    poster = CaptionPoster(channel, board(), clock=clock, tick_s=0.01)
+    await hello_then_hola(poster, clock, TranslatedAudio(b"\0\0", 0))  # audio is not the captions' business
     assert [(kind, content) for kind, content, _ in channel.calls] == [
         ("send", "**Alice** (→ es): Hello"),
         ("edit", f"**Alice** (→ es): Hello {ARROW} Hola"),
@@ -372,14 +378,7 @@ async def test_a_refused_webhook_falls_back_to_labelled_messages_whose_edits_kee
     b = CaptionBoard(named=False)
     b.set_speaker(1, "Alice", "es")
     poster = CaptionPoster(channel, b, webhook=RefusingWebhook(), clock=clock, tick_s=0.01)  # type: ignore[arg-type]
-    poster.start()
-    poster.feed(1, src("Hello"))
-    await settle()
-    clock.now = 1.0
-    poster.feed(1, tgt("Hola", final=True))
-    poster.feed(1, src("", final=True))
-    await settle()
-    await poster.close()
+    await hello_then_hola(poster, clock)
     assert [(kind, content) for kind, content, _ in channel.calls] == [
         ("send", "**Alice** (→ es) Hello"),
         ("edit", f"**Alice** (→ es) Hello {ARROW} Hola"),  # the name stays when the message grows

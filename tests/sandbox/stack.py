@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,19 @@ class Stack:
                       timeout: float = 45.0) -> Message:
         it: Interaction = await self.sb.command(room.guild, who, self.listener, sub, options or {})
         return await self.sb.reply(it, timeout)
+
+    @contextlib.contextmanager
+    def rate_limited(self, limit: int, per_s: float) -> Iterator[Any]:
+        """The local Discord's REST limits tightened for a while, shared (429s with no headers to warn of them),
+        then restored; yields the limits (their `limited` counts the 429s sent)."""
+        limits = self.sb.rest.rate_limits
+        old = (limits.limit, limits.per_s, limits.shared)
+        limits.limit, limits.per_s, limits.shared = limit, per_s, True
+        limits.buckets.clear()
+        try:
+            yield limits
+        finally:
+            limits.limit, limits.per_s, limits.shared = old
 
     def captions(self, room: Room) -> list[str]:
         return [m.content for m in self.sb.messages(room.captions)]

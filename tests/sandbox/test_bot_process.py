@@ -203,11 +203,7 @@ async def test_leave_takes_both_accounts_out_of_voice(env: Stack) -> None:
 async def test_rate_limited_captions_still_arrive_whole(env: Stack) -> None:
     room = await env.room("Guild E")
     alice = await env.person(room, "Alice", room.source)
-    limits = env.sb.rest.rate_limits
-    old = (limits.limit, limits.per_s, limits.shared)
-    limits.limit, limits.per_s, limits.shared = 1, 3.0, True
-    limits.buckets.clear()
-    try:
+    with env.rate_limited(1, 3.0) as limits:
         await env.command(room, alice.user, "join", {"caption_channel": room.captions})
         await env.command(room, alice.user, "language", {"code": "es"})
         limited = limits.limited
@@ -216,8 +212,6 @@ async def test_rate_limited_captions_still_arrive_whole(env: Stack) -> None:
         await until(lambda: " ".join(env.captions(room)).lower().count("reuni") >= 2, 40,
                     "both translations in the captions despite 429s")
         assert limits.limited > limited, "the sandbox never rate-limited the captions"
-    finally:
-        limits.limit, limits.per_s, limits.shared = old
     assert "Traceback" not in env.bot.text()
 
 

@@ -110,20 +110,14 @@ async def test_captions_under_the_speakers_name_through_a_webhook_when_parley_ma
     await env.sb.set_overwrite(room.captions, listener, 0, allow=Perm.MANAGE_WEBHOOKS)
     alice = await env.person(room, "Alice", room.source)
     await env.command(room, alice.user, "language", {"code": "es"})
-    limits = env.sb.rest.rate_limits
-    old = (limits.limit, limits.per_s, limits.shared)
     # The webhook is rate-limited too, with no headers to warn (a shared limit): 429s the client must honour.
-    limits.limit, limits.per_s, limits.shared = 1, 2.0, True
-    limits.buckets.clear()
-    try:
+    with env.rate_limited(1, 2.0) as limits:
         await env.command(room, alice.user, "join", {"caption_channel": room.captions})
         limited = limits.limited
         await alice.speak(env.wavs["morning"])
         await alice.speak(env.wavs["thanks"])
         posted = await until(lambda: [m for m in env.sb.messages(room.captions) if m.webhook is not None
                                       and "informe" in m.content.lower()], 40, "the second caption via the webhook")
-    finally:
-        limits.limit, limits.per_s, limits.shared = old
     (hook,) = [h for h in env.sb.world.webhooks.values() if h.channel_id == room.captions.id]
     assert hook.name == "Parley captions" and hook.creator.id == env.listener.id
     captions = [m for m in env.sb.messages(room.captions) if m.webhook is hook]

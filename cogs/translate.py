@@ -129,21 +129,15 @@ class TranslateCog(commands.Cog):
         if two_way and notices[0] is not None:  # the output channel's members are heard too: they are told too
             notices.append(await self._announce(text, output))
         if None in notices:
-            for posted in notices:
-                if posted is not None:
-                    with contextlib.suppress(discord.HTTPException):
-                        await posted.delete()
+            await _take_back(notices)
             where = output if notices[0] is not None else source
             return await self._reply(interaction, say.NOTICE_FAILED.format(channel=where.mention))
         try:
-            joining = {"two_way": True} if two_way else {}
             room = await self.rooms.join(
-                guild.id, source.id, output.id if output else None, captions.id if captions else None, **joining
+                guild.id, source.id, output.id if output else None, captions.id if captions else None, two_way=two_way
             )
         except Exception as e:
-            for posted in notices:  # they would announce a translation that is not happening
-                with contextlib.suppress(discord.HTTPException):
-                    await posted.delete()
+            await _take_back(notices)  # they would announce a translation that is not happening
             if isinstance(e, PipelineError):
                 return await self._reply(interaction, str(e))
             raise  # cog_app_command_error answers and logs it
@@ -383,6 +377,14 @@ def language_choices(current: str, offered: frozenset[str] | None = None) -> lis
     if typed is not None and typed not in {c.value for c in found}:
         found.insert(0, app_commands.Choice(name=say.language_label(typed, language_name(typed)), value=typed))
     return found[:25]
+
+
+async def _take_back(notices: list[discord.Message | None]) -> None:
+    """Delete the consent notices already posted (best effort: one that cannot be deleted stays)."""
+    for posted in notices:
+        if posted is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await posted.delete()
 
 
 def _channel(guild: discord.Guild, channel_id: int | None) -> Any:

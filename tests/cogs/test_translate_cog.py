@@ -546,7 +546,8 @@ async def test_join_reply_and_status_name_members_who_are_not_translated(
 ) -> None:
     reason = "the backend can't translate into `fr`; pick another with /translate language"
 
-    async def join(guild_id: int, source: int, output: int | None, captions: int | None) -> RoomStatus:
+    async def join(guild_id: int, source: int, output: int | None, captions: int | None,
+                   two_way: bool = False) -> RoomStatus:
         rooms.rooms[guild_id] = RoomStatus(guild_id, source, output, captions, "local", not_translated=[(11, reason)])
         return rooms.rooms[guild_id]
 

@@ -120,6 +120,11 @@ async def test_listener_kicked_closes_the_room_and_moved_follows(env: Stack) -> 
     bob = await env.person(room, "Bob", other)
     await env.sb.move(room.guild, listener, other)
     await until(lambda: listener in env.sb.in_voice(room.guild, other), 10, "the listener in the new channel")
+    # Its voice connection there is made again and keyed into Bob's DAVE group; what Bob says before that is
+    # said to an empty call. The test waits for it (a stall here is its own failure, not a missing caption).
+    await until(lambda: any(e.name == "dave_ready" and e.data["room"] == (room.guild.id, other.id)
+                            and listener.id in e.data["members"] for e in env.sb.events), 20,
+                "the listener keyed into the new channel's DAVE group")
     status = await env.command(room, alice.user, "status")
     assert f"<#{other.id}>" in status.content, status.content
     await env.command(room, bob.user, "language", {"code": "es"})
